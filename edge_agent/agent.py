@@ -1,0 +1,395 @@
+"""The agent: wires sources, windows, the model, the outbox and the sinks into one asyncio process.
+
+Start order is buffer, sinks, model, windows, sources; stop order is the reverse, draining as it
+goes, so that nothing read from a source is lost between stages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Literal, TypeVar
+
+import numpy as np
+
+from edge_agent import __version__
+from edge_agent.buffers.base import PendingRecord
+from edge_agent.buffers.sqlite import SqliteBuffer
+from edge_agent.config import AgentConfig
+from edge_agent.contracts.payloads import (
+    HeartbeatPayload,
+    OutputValue,
+    ResultPayload,
+    SequencedPayload,
+    StatusPayload,
+)
+from edge_agent.contracts.topics import DeviceTopics
+from edge_agent.errors import InputRejected, ModelError, OutboxError, PartialWriteError
+from edge_agent.health import Health
+from edge_agent.model import LoadedModel, load_model
+from edge_agent.mqtt import MqttClient
+from edge_agent.sinks.mqtt import MqttSink
+from edge_agent.sources import Source, build_source
+from edge_agent.windows import RowWindowBuilder, Window
+
+__all__ = ["Agent"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Windows waiting for inference before sources are made to wait (back-pressure, not drops).
+MAX_PENDING_WINDOWS = 10_000
+MAX_BATCH = 64
+STOP_STATUS_TIMEOUT_S = 5.0
+DRAIN_TIMEOUT_S = 5.0
+SOURCE_READY_TIMEOUT_S = 10.0
+
+
+class Agent:
+    """One agent process. Construct (validates, no I/O), then ``await run(stop)``."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.health = Health()
+        self.model: LoadedModel | None = None
+        device = config.device
+        self.topics = DeviceTopics(config.topic_prefix, device.site, device.id)
+        status_will = self._status("offline").to_json()
+        self.uplink = MqttClient(
+            config.broker.settings(device_id=device.id, role="uplink"),
+            name="uplink",
+            will=(self.topics.status, status_will, 1, True),
+            max_inflight=config.outbox.max_inflight,
+        )
+        self.sink = MqttSink(self.uplink)
+        self.sources: list[Source] = [
+            build_source(source, config, self.health) for source in config.sources
+        ]
+        self.buffer: SqliteBuffer | None = None
+        self._db = ThreadPoolExecutor(1, thread_name_prefix="outbox")
+        self._inference = ThreadPoolExecutor(1, thread_name_prefix="inference")
+        self._windows: deque[Window] = deque()
+        self._windows_ready = asyncio.Event()
+        self._window_space = asyncio.Event()
+        self._outbox_changed = asyncio.Event()
+        self._builder: RowWindowBuilder | None = None
+        self._sources_done = False
+        self._ready = False
+
+    # ------------------------------------------------------------------------------ run/stop
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop`` is set, then drain and stop cleanly."""
+        config = self.config
+        config.device.state_dir.mkdir(parents=True, exist_ok=True)
+        self.buffer = await self._on_db(
+            lambda: SqliteBuffer(config.outbox_path, max_rows=config.outbox.max_rows)
+        )
+        buffer = self.buffer
+        self.health.gauge("outbox.rows", buffer.rows)
+        self.health.gauge("outbox.dropped", lambda: buffer.dropped)
+        self.health.gauge("queue.windows", lambda: len(self._windows))
+        self.uplink.on_connect(self._publish_online)
+        await self.uplink.start()
+
+        model_config = config.model
+        self.model = await asyncio.get_running_loop().run_in_executor(
+            self._inference,
+            lambda: load_model(
+                model_config.bundle,
+                public_key=model_config.public_key,
+                runner=model_config.runner,
+                threads=model_config.threads,
+                expected_features=model_config.features,
+            ),
+        )
+        logger.info("Model %s loaded (%s)", self.model.manifest.label, self.model.runner.format)
+        self._builder = RowWindowBuilder(self.model.manifest.feature_names)
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._forward(), name="outbox-forwarder")
+                infer = group.create_task(self._infer(), name="inference")
+                group.create_task(self._heartbeat(), name="heartbeat")
+                group.create_task(self._write_status_file(), name="status-file")
+                readers = []
+                for source in self.sources:
+                    await source.start()
+                    readers.append(
+                        group.create_task(self._read(source), name=f"source-{source.name}")
+                    )
+                for source in self.sources:
+                    if not await source.wait_ready(SOURCE_READY_TIMEOUT_S):
+                        logger.warning("Source %s is not ready yet; serving anyway", source.name)
+                # Online means ready: the status is published now and on every reconnect.
+                self._ready = True
+                if self.uplink.connected:
+                    await self._publish_online()
+                logger.info(
+                    "Agent %s serving %d source(s); results to %s",
+                    config.device.id,
+                    len(self.sources),
+                    self.topics.results("<asset>"),
+                )
+                await stop.wait()
+                logger.info("Stopping: draining windows and the outbox")
+                for reader in readers:
+                    reader.cancel()
+                for source in self.sources:
+                    await source.stop()
+                self._sources_done = True
+                self._windows_ready.set()
+                await infer
+                await self._drain_outbox(DRAIN_TIMEOUT_S)
+                raise _Stopped
+        except* _Stopped:
+            pass
+        finally:
+            await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        if self.uplink.connected:
+            future = self.uplink.publish(
+                self.topics.status, self._status("stopped").to_json(), qos=1, retain=True
+            )
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(future, STOP_STATUS_TIMEOUT_S)
+        await self.uplink.stop()
+        if self.buffer is not None:
+            await self._on_db(self.buffer.close)
+        self._db.shutdown(wait=True)
+        self._inference.shutdown(wait=True)
+        self._write_status_snapshot()
+
+    # ---------------------------------------------------------------------------- the stages
+
+    async def _read(self, source: Source) -> None:
+        builder = self._builder
+        assert builder is not None
+        async for readings in source.readings():
+            now = time.time()
+            for reading in readings:
+                try:
+                    windows = builder.add(reading, now)
+                except InputRejected as rejected:
+                    self.health.reject(rejected.reason, reading.origin, rejected.detail)
+                    reading.acknowledge()
+                    continue
+                self._windows.extend(windows)
+            if self._windows:
+                self._windows_ready.set()
+            while len(self._windows) >= MAX_PENDING_WINDOWS:
+                self._window_space.clear()
+                await self._window_space.wait()
+
+    async def _infer(self) -> None:
+        """Run ready windows through the model in batches, store results, acknowledge inputs."""
+        model = self.model
+        assert model is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._windows:
+                if self._sources_done:
+                    return
+                self._windows_ready.clear()
+                await self._windows_ready.wait()
+                continue
+            batch = [self._windows.popleft() for _ in range(min(MAX_BATCH, len(self._windows)))]
+            self._window_space.set()
+            rows = np.asarray([window.values for window in batch], dtype=np.float32)
+            started = time.perf_counter()
+            try:
+                outputs = await loop.run_in_executor(self._inference, model.predict, rows)
+            except ModelError as err:
+                self.health.count("inference.errors", len(batch))
+                self.health.problem_once("inference", "Inference failed: %s", err)
+                for window in batch:
+                    for reading in window.readings:
+                        reading.acknowledge()
+                continue
+            latency = time.perf_counter() - started
+            self.health.inference.add(latency)
+            self.health.count("inference.windows", len(batch))
+            try:
+                await self._on_db(partial(self._store_results, model, batch, outputs, latency))
+            except OutboxError as err:
+                self.health.count("outbox.write_errors", len(batch))
+                self.health.problem_once("outbox", "Results not stored: %s", err)
+                continue  # inputs stay unacknowledged: a QoS 1 broker will send them again
+            for window in batch:
+                for reading in window.readings:
+                    reading.acknowledge()
+            self._outbox_changed.set()
+
+    def _store_results(
+        self,
+        model: LoadedModel,
+        batch: list[Window],
+        outputs: list[dict[str, OutputValue]],
+        latency: float,
+    ) -> None:
+        """On the outbox thread: number, encode and store one batch of results in one commit."""
+        manifest = model.manifest
+        latency_ms = round(latency * 1000 / len(batch), 4)
+        self._enqueue(
+            [
+                (
+                    self.topics.results(window.asset),
+                    partial(
+                        ResultPayload,
+                        asset=window.asset,
+                        model=manifest.name,
+                        model_version=manifest.version,
+                        window_end=window.end,
+                        outputs=result,
+                        latency_ms=latency_ms,
+                    ),
+                )
+                for window, result in zip(batch, outputs, strict=True)
+            ]
+        )
+
+    def _enqueue(self, items: list[tuple[str, Callable[..., SequencedPayload]]]) -> None:
+        """On the outbox thread: give each record its sequence number and store them all at once.
+
+        Each item is a topic and a payload factory that takes the fields every sequenced
+        payload shares (record id, sequence number, device, site, time).
+        """
+        buffer = self.buffer
+        assert buffer is not None
+        device = self.config.device
+        now = time.time()
+        records = []
+        for seq, (topic, build) in zip(buffer.reserve(len(items)), items, strict=True):
+            payload = build(
+                record_id=uuid.uuid4().hex, seq=seq, device=device.id, site=device.site, ts=now
+            )
+            records.append((seq, PendingRecord(topic, payload.to_json())))
+        buffer.add(records)
+
+    async def _forward(self) -> None:
+        """Deliver the outbox: oldest first, removed only after the broker's PUBACK."""
+        buffer = self.buffer
+        assert buffer is not None
+        while True:
+            if not self.sink.ready:
+                await self.sink.wait_ready()
+            self._outbox_changed.clear()
+            try:
+                batch = await self._on_db(lambda: buffer.begin(self.config.outbox.max_inflight))
+            except OutboxError as err:
+                self.health.problem_once("outbox-read", "Outbox unreadable: %s", err)
+                await asyncio.sleep(1)
+                continue
+            if not batch:
+                await self._outbox_changed.wait()
+                continue
+            try:
+                await self.sink.write(batch)
+                accepted = [record.seq for record in batch]
+            except PartialWriteError as incomplete:
+                accepted = incomplete.accepted
+                self.health.count("outbox.publish_failures", len(batch) - len(accepted))
+                await self._on_db(buffer.rewind)
+            self.health.count("outbox.delivered", len(accepted))
+            await self._on_db(partial(buffer.accept, accepted))
+
+    async def _drain_outbox(self, timeout: float) -> None:
+        buffer = self.buffer
+        assert buffer is not None
+        deadline = time.monotonic() + timeout
+        while buffer.rows() and self.sink.ready and time.monotonic() < deadline:
+            self._outbox_changed.set()
+            await asyncio.sleep(0.05)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.heartbeat.interval_s)
+            counters, gauges = self.health.snapshot()
+            model = self.model
+            heartbeat = partial(
+                HeartbeatPayload,
+                uptime_s=gauges["uptime_s"],
+                agent_version=__version__,
+                model=model.manifest.name if model else None,
+                model_version=model.manifest.version if model else None,
+                sources={source.name: source.state for source in self.sources},
+                counters=counters,
+                gauges=gauges,
+            )
+            try:
+                await self._on_db(partial(self._enqueue, [(self.topics.heartbeat, heartbeat)]))
+            except OutboxError as err:
+                self.health.problem_once("outbox", "Heartbeat not stored: %s", err)
+            self._outbox_changed.set()
+
+    async def _write_status_file(self) -> None:
+        """Keep ``<state_dir>/status.json`` fresh for ``edge-agent status``."""
+        while True:
+            self._write_status_snapshot()
+            await asyncio.sleep(1.0)
+
+    # ------------------------------------------------------------------------------ helpers
+
+    def status_snapshot(self) -> dict[str, object]:
+        counters, gauges = self.health.snapshot()
+        model = self.model
+        return {
+            "device": self.config.device.id,
+            "site": self.config.device.site,
+            "pid": os.getpid(),
+            "ts": time.time(),
+            "agent_version": __version__,
+            "uplink": "connected" if self.uplink.connected else "disconnected",
+            "sources": {source.name: source.state for source in self.sources},
+            "model": model.manifest.label if model else None,
+            "counters": counters,
+            "gauges": gauges,
+        }
+
+    def _write_status_snapshot(self) -> None:
+        path = self.config.device.state_dir / "status.json"
+        tmp = path.with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps(self.status_snapshot(), indent=2))
+            tmp.replace(path)
+        except OSError as err:
+            self.health.problem_once("status-file", "Cannot write %s: %s", path, err)
+
+    def _status(self, state: Literal["online", "stopped", "offline"]) -> StatusPayload:
+        model = self.model
+        device = self.config.device
+        return StatusPayload(
+            state=state,
+            device=device.id,
+            site=device.site,
+            ts=time.time(),
+            agent_version=__version__,
+            model=model.manifest.name if model else None,
+            model_version=model.manifest.version if model else None,
+            labels=device.labels,
+        )
+
+    async def _publish_online(self) -> None:
+        if not self._ready:
+            return
+        await self.uplink.publish(
+            self.topics.status, self._status("online").to_json(), qos=1, retain=True
+        )
+
+    async def _on_db(self, call: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._db, call)
+
+
+class _Stopped(Exception):
+    """Raised inside the task group to end it once draining is done."""

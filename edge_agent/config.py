@@ -1,0 +1,223 @@
+"""The agent's configuration: one TOML file, validated strictly (unknown keys are refused)."""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from edge_agent.configfile import check_toml, load_toml
+from edge_agent.contracts.topics import DEFAULT_PREFIX, validate_level
+from edge_agent.errors import ConfigError
+from edge_agent.mqtt import MqttSettings
+
+__all__ = [
+    "AgentConfig",
+    "BrokerConfig",
+    "DeviceConfig",
+    "HeartbeatConfig",
+    "JsonRecordCodec",
+    "ModelConfig",
+    "MqttSourceConfig",
+    "OutboxConfig",
+    "SourceConfig",
+    "TlsConfig",
+    "check_config",
+    "load_config",
+    "read_secret",
+    "sample_config_text",
+]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def read_secret(*, env: str | None, credential: str | None, what: str) -> str | None:
+    """Read a secret from an environment variable or a systemd credential; never log it."""
+    if env is not None:
+        value = os.environ.get(env)
+        if value is None:
+            raise ConfigError(f"environment variable {env} is not set", key=what)
+        return value
+    if credential is not None:
+        directory = os.environ.get("CREDENTIALS_DIRECTORY")
+        if directory is None:
+            raise ConfigError(
+                f"credential {credential!r} asked for but $CREDENTIALS_DIRECTORY is not set "
+                "(systemd sets it with LoadCredential=)",
+                key=what,
+            )
+        try:
+            return (Path(directory) / credential).read_text(encoding="utf-8").strip()
+        except OSError as err:
+            raise ConfigError(f"cannot read credential {credential!r}: {err}", key=what) from err
+    return None
+
+
+class DeviceConfig(_Section):
+    id: str
+    site: str
+    labels: dict[str, str] = Field(default_factory=dict)
+    state_dir: Path = Path("/var/lib/edge-agent")
+
+    @field_validator("id", "site")
+    @classmethod
+    def _one_level(cls, value: str) -> str:
+        return validate_level(value, "value")
+
+
+class TlsConfig(_Section):
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
+class BrokerConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=1, le=65535)
+    protocol: Literal["5", "3.1.1"] = "5"
+    client_id: str | None = None
+    keepalive_s: int = Field(30, ge=5, le=3600)
+    username: str | None = None
+    password_env: str | None = None
+    password_credential: str | None = None
+    tls: TlsConfig | None = None
+    reconnect_min_s: int = Field(1, ge=1, le=60)
+    reconnect_max_s: int = Field(30, ge=1, le=600)
+
+    @model_validator(mode="after")
+    def _one_password_source(self) -> BrokerConfig:
+        if self.password_env and self.password_credential:
+            raise ValueError("give password_env or password_credential, not both")
+        return self
+
+    def password(self) -> str | None:
+        return read_secret(
+            env=self.password_env, credential=self.password_credential, what="broker.password"
+        )
+
+    def settings(
+        self, *, device_id: str, role: str, persistent_session: bool = False
+    ) -> MqttSettings:
+        """Connection settings with secrets read now (raises ConfigError if one is missing).
+
+        Each connection of one device needs its own client id: ``role`` tells them apart, and a
+        stable id is what lets a persistent session find its queued messages again.
+        """
+        tls = self.tls
+        base = self.client_id or f"edge-agent-{device_id}"
+        return MqttSettings(
+            host=self.host,
+            port=self.port,
+            client_id=base if role == "uplink" else f"{base}-{role}",
+            protocol=self.protocol,
+            keepalive_s=self.keepalive_s,
+            username=self.username,
+            password=self.password(),
+            tls=tls is not None,
+            ca_file=str(tls.ca_file) if tls and tls.ca_file else None,
+            cert_file=str(tls.cert_file) if tls and tls.cert_file else None,
+            key_file=str(tls.key_file) if tls and tls.key_file else None,
+            persistent_session=persistent_session,
+            reconnect_min_s=self.reconnect_min_s,
+            reconnect_max_s=self.reconnect_max_s,
+        )
+
+
+class ModelConfig(_Section):
+    bundle: Path
+    public_key: Path | None = None
+    runner: Literal["auto", "onnx", "tflite"] = "auto"
+    threads: int = Field(1, ge=1, le=64)
+    # The features the plant feeds; a bundle whose inputs differ is refused. Default: the bundle's.
+    features: list[str] | None = None
+
+
+class JsonRecordCodec(_Section):
+    """One message is one row: a JSON object whose keys are feature names."""
+
+    type: Literal["json_record"] = "json_record"
+    timestamp_field: str | None = "ts"
+
+
+Codec = Annotated[JsonRecordCodec, Field(discriminator="type")]
+
+
+class MqttSourceConfig(_Section):
+    type: Literal["mqtt"]
+    name: str = "mqtt"
+    topics: list[str] = Field(min_length=1)
+    qos: Literal[0, 1] = 1
+    codec: Codec = Field(default_factory=JsonRecordCodec)
+    asset: str | None = None  # a fixed asset name for every reading
+    asset_level: int | None = Field(None, ge=0)  # or the topic level (0-based) naming it
+    broker: BrokerConfig | None = None  # default: the agent's own broker
+    max_payload_bytes: int = Field(65536, ge=16)
+
+    @model_validator(mode="after")
+    def _asset_named(self) -> MqttSourceConfig:
+        if (self.asset is None) == (self.asset_level is None):
+            raise ValueError("give exactly one of asset or asset_level")
+        return self
+
+
+SourceConfig = Annotated[MqttSourceConfig, Field(discriminator="type")]
+
+
+class OutboxConfig(_Section):
+    path: Path | None = None  # default: <state_dir>/outbox.db
+    max_rows: int = Field(1_000_000, ge=10)
+    max_bytes: int = Field(512 * 1024 * 1024, ge=64 * 1024)
+    overflow: Literal["drop_oldest", "drop_newest", "pause_sources"] = "drop_oldest"
+    max_inflight: int = Field(200, ge=1, le=65535)
+
+
+class HeartbeatConfig(_Section):
+    interval_s: float = Field(30.0, ge=0.1)
+
+
+class AgentConfig(_Section):
+    device: DeviceConfig
+    broker: BrokerConfig = Field(default_factory=BrokerConfig)
+    topic_prefix: str = DEFAULT_PREFIX
+    model: ModelConfig
+    sources: list[SourceConfig] = Field(min_length=1)
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    heartbeat: HeartbeatConfig = Field(default_factory=HeartbeatConfig)
+
+    @model_validator(mode="after")
+    def _unique_source_names(self) -> AgentConfig:
+        names = [source.name for source in self.sources]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"source names must be unique: {', '.join(duplicates)}")
+        return self
+
+    @property
+    def outbox_path(self) -> Path:
+        return self.outbox.path or self.device.state_dir / "outbox.db"
+
+
+def check_config(path: Path) -> tuple[AgentConfig | None, list[ConfigError]]:
+    """Validate a config file; return it, or None and every problem with file, line and key."""
+    return check_toml(path, AgentConfig)
+
+
+def load_config(path: Path) -> AgentConfig:
+    """Load a config file or raise the first ConfigError."""
+    return load_toml(path, AgentConfig)
+
+
+def sample_config_text() -> str:
+    """The commented example config shipped with the package (and as deploy/agent.toml)."""
+    return resources.files("edge_agent").joinpath("sample_agent.toml").read_text(encoding="utf-8")

@@ -1,0 +1,168 @@
+"""The model manifest: what a bundle holds and how its model is fed and read."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = [
+    "DriftThresholds",
+    "FeatureSpec",
+    "ModelFormat",
+    "ModelManifest",
+    "OutputKind",
+    "OutputSpec",
+    "ParityReport",
+    "WindowFeature",
+    "WindowSpec",
+    "version_key",
+]
+
+ModelFormat = Literal["onnx", "tflite"]
+OutputKind = Literal["probabilities", "label", "regression", "anomaly_score"]
+Aggregation = Literal["last", "mean", "std", "min", "max", "rms", "p2p", "slope", "count"]
+
+MODEL_FILES: dict[ModelFormat, str] = {"onnx": "model.onnx", "tflite": "model.tflite"}
+
+_SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-([0-9A-Za-z.-]+))?$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def version_key(version: str) -> tuple[int, int, int, int, str]:
+    """An ordering key: a monotonic integer ``7`` sorts as ``7.0.0``; pre-releases sort first."""
+    if version.isdigit():
+        return (int(version), 0, 0, 1, "")
+    match = _SEMVER.match(version)
+    if match is None:
+        raise ValueError(
+            f"model version {version!r} is neither a whole number (7) nor semver (1.4.2)"
+        )
+    major, minor, patch, pre = match.groups()
+    return (int(major), int(minor), int(patch), 0 if pre else 1, pre or "")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FeatureSpec(_Strict):
+    """One model input, in the order the model expects it."""
+
+    name: str = Field(min_length=1)
+    unit: str | None = None
+    dtype: Literal["float32", "float64", "int64"] = "float32"
+    valid_min: float | None = None
+    valid_max: float | None = None
+
+    @model_validator(mode="after")
+    def _range_ordered(self) -> FeatureSpec:
+        if (
+            self.valid_min is not None
+            and self.valid_max is not None
+            and self.valid_min > self.valid_max
+        ):
+            raise ValueError(f"feature {self.name}: valid_min is above valid_max")
+        return self
+
+
+class OutputSpec(_Strict):
+    """One model output as results report it."""
+
+    name: str = Field(min_length=1)
+    kind: OutputKind
+    labels: list[str] | None = None  # class labels, for probabilities and label outputs
+
+
+class WindowFeature(_Strict):
+    """A model input computed from a tag over a window: ``vibration_rms`` = rms of ``vibration``."""
+
+    name: str
+    tag: str
+    aggregation: Aggregation
+
+
+class WindowSpec(_Strict):
+    """How the model's inputs are built from tag samples. Absent: each reading is one row."""
+
+    mode: Literal["tumbling", "sliding", "count", "snapshot"]
+    length_s: float | None = Field(None, gt=0)
+    hop_s: float | None = Field(None, gt=0)
+    count: int | None = Field(None, gt=0)
+    features: list[WindowFeature]
+
+
+class ParityReport(_Strict):
+    """How closely the converted model reproduced the source model on the reference rows."""
+
+    passed: bool
+    rows: int
+    policy: str
+    max_abs_error: dict[str, float] = Field(default_factory=dict)
+    max_rel_error: dict[str, float] = Field(default_factory=dict)
+    label_agreement: float | None = None
+    disagreeing_rows: list[int] = Field(default_factory=list)
+
+
+class DriftThresholds(_Strict):
+    """Effect-size thresholds for drift alerts (never p-values: sensor data is autocorrelated)."""
+
+    psi_warn: float = 0.1
+    psi_alert: float = 0.25
+
+
+class ModelManifest(_Strict):
+    """The manifest of a model bundle. Every file's sha256 is here, and the signature covers it."""
+
+    schema_version: int = 1
+    name: str
+    version: str
+    created: str  # ISO 8601, UTC
+    source_framework: str
+    framework_versions: dict[str, str] = Field(default_factory=dict)
+    converter_version: str
+    opset: int | None = None
+    formats: list[ModelFormat]
+    quantization: str = "none"
+    inputs: list[FeatureSpec] = Field(min_length=1)
+    outputs: list[OutputSpec] = Field(min_length=1)
+    window: WindowSpec | None = None
+    files: dict[str, str]  # file name in the bundle -> sha256 hex
+    parity: ParityReport | None = None
+    drift_thresholds: DriftThresholds = Field(default_factory=DriftThresholds)
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_safe(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError(
+                f"model name {value!r} may hold only letters, digits, '.', '_' and '-'"
+            )
+        return value
+
+    @field_validator("version")
+    @classmethod
+    def _version_is_ordered(cls, value: str) -> str:
+        version_key(value)
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelManifest:
+        names = [feature.name for feature in self.inputs]
+        if len(set(names)) != len(names):
+            raise ValueError("input feature names must be unique")
+        if not self.formats:
+            raise ValueError("formats must name at least one model file")
+        for fmt in self.formats:
+            if MODEL_FILES[fmt] not in self.files:
+                raise ValueError(f"format {fmt} is listed but {MODEL_FILES[fmt]} has no hash")
+        return self
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [feature.name for feature in self.inputs]
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}@{self.version}"

@@ -1,0 +1,1 @@
+"""Fleet manager: device registry, staged model rollouts, drift collection, the ``fleet`` CLI."""

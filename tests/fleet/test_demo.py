@@ -1,0 +1,20 @@
+"""The README's first command: the demo runs the whole story and stops cleanly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.support.mosquitto import require_mosquitto
+from tests.support.processes import run
+
+
+def test_demo_shows_live_predictions_and_stops_cleanly(tmp_path: Path) -> None:
+    require_mosquitto()
+    result = run("fleet", "demo", "--duration", "8", "--workdir", str(tmp_path), timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "pump-1" in out and "pump-2" in out
+    assert "healthy" in out
+    assert "pump-gateway-1" in out and "online" in out  # the fleet's device table
+    assert "stopped cleanly" in out
+    assert "Traceback" not in (tmp_path / "agent.log").read_text()

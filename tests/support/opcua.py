@@ -1,0 +1,110 @@
+"""A real asyncua OPC-UA server, in process on a free port, built from a declared tag table.
+
+It runs on its own event loop in a background thread so that synchronous tests and agent
+subprocesses can use it alike; ``write`` changes a tag's value as a PLC would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from asyncua import Server, ua
+
+from tests.support.mosquitto import free_port, port_open
+
+T = TypeVar("T")
+
+NAMESPACE = "urn:edge-inference:test"
+
+
+@dataclass(frozen=True)
+class Tag:
+    """A variable under the object ``folder``; its node id is ``ns=<idx>;s=<folder>.<name>``."""
+
+    name: str
+    initial: float = 0.0
+    folder: str = "Machine"
+
+
+class OpcUaTestServer:
+    def __init__(self, tags: list[Tag], *, port: int | None = None) -> None:
+        self.tags = tags
+        self.port = port or free_port()
+        self.endpoint = f"opc.tcp://127.0.0.1:{self.port}/edge/"
+        self.namespace_index = 2
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="opcua-server", daemon=True
+        )
+        self._thread.start()
+        self._server: Server | None = None
+        self._nodes: dict[str, Any] = {}
+        logging.getLogger("asyncua").setLevel(logging.WARNING)
+
+    def node_id(self, tag: str) -> str:
+        folder = next(t.folder for t in self.tags if t.name == tag)
+        return f"ns={self.namespace_index};s={folder}.{tag}"
+
+    def _call(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    async def _start(self) -> None:
+        server = Server()
+        await server.init()
+        server.set_endpoint(self.endpoint)
+        server.set_server_name("edge-inference test PLC")
+        # Plain endpoint only: tests that need Basic256Sha256 build their own with certificates.
+        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        self.namespace_index = await server.register_namespace(NAMESPACE)
+        folders: dict[str, Any] = {}
+        for tag in self.tags:
+            if tag.folder not in folders:
+                folders[tag.folder] = await server.nodes.objects.add_object(
+                    ua.NodeId(tag.folder, self.namespace_index), tag.folder
+                )
+            node = await folders[tag.folder].add_variable(
+                ua.NodeId(f"{tag.folder}.{tag.name}", self.namespace_index),
+                tag.name,
+                ua.Variant(float(tag.initial), ua.VariantType.Double),
+            )
+            await node.set_writable()
+            self._nodes[tag.name] = node
+        await server.start()
+        self._server = server
+
+    async def _stop(self) -> None:
+        if self._server is not None:
+            await self._server.stop()
+            self._server = None
+            self._nodes.clear()
+
+    def start(self) -> None:
+        self._call(self._start())
+        assert port_open(self.port)
+
+    def stop(self) -> None:
+        self._call(self._stop())
+
+    def write(self, tag: str, value: float, status: ua.StatusCode | None = None) -> None:
+        async def write() -> None:
+            variant = ua.Variant(float(value), ua.VariantType.Double)
+            data = ua.DataValue(variant, StatusCode=status or ua.StatusCode(ua.StatusCodes.Good))
+            await self._nodes[tag].write_value(data)
+
+        self._call(write())
+
+    def read(self, tag: str) -> float:
+        async def read() -> float:
+            return float(await self._nodes[tag].read_value())
+
+        return self._call(read())
+
+    def close(self) -> None:
+        self.stop()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
