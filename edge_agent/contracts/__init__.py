@@ -4,6 +4,7 @@ The agent, the converters and the fleet all import these, so that a topic string
 is defined in exactly one place.
 """
 
+from edge_agent.contracts.baseline import Baseline, Distribution, bin_counts
 from edge_agent.contracts.bundle import (
     Bundle,
     BundleError,
@@ -60,12 +61,14 @@ __all__ = [
     "AckPayload",
     "ActivateCommand",
     "AlertPayload",
+    "Baseline",
     "Bundle",
     "BundleError",
     "Command",
     "Deduplicator",
     "DesiredStateCommand",
     "DeviceTopics",
+    "Distribution",
     "DriftSummaryPayload",
     "DriftThresholds",
     "FeatureSpec",
@@ -85,6 +88,7 @@ __all__ = [
     "TransferChunkPayload",
     "WindowFeature",
     "WindowSpec",
+    "bin_counts",
     "decode",
     "decode_command",
     "fleet_filter",
