@@ -26,7 +26,8 @@ def bin_counts(edges: list[float], values: npt.ArrayLike) -> list[int]:
     index = np.searchsorted(bounds, data, side="right")
     # A value equal to the last edge belongs to the last inner bin, not to the overflow.
     index[data == bounds[-1]] = len(bounds) - 1
-    return np.bincount(index, minlength=len(bounds) + 1).astype(int).tolist()
+    counts: list[int] = np.bincount(index, minlength=len(bounds) + 1).astype(int).tolist()
+    return counts
 
 
 class Distribution(BaseModel):
