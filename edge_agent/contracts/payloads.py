@@ -186,7 +186,7 @@ class AckPayload(SequencedPayload):
 
     cmd_id: str
     command: str  # the command kind acknowledged, or "unknown"
-    step: str  # received, verified, loaded, warmed, golden, shadow, active, kept, rolled_back ...
+    step: str  # see docs/control-protocol.md: need_bundle, offer, chunk, received, verified ...
     ok: bool
     reason: str | None = None
     model: str | None = None
@@ -232,14 +232,19 @@ class RollbackCommand(_CommandBase):
 
 
 class DesiredStateCommand(_CommandBase):
-    """What the device should run; the agent reconciles it whenever it (re)connects."""
+    """What the device should run, retained on its ``desired`` topic; the agent reconciles it
+    whenever it (re)connects. ``sha256`` and ``size`` identify the bundle to fetch if missing."""
 
     KIND: ClassVar[str] = "command"
 
     kind: Literal["desired"] = "desired"
     model: str
     version: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(gt=0)
     rollout_id: str | None = None
+    shadow_windows: int = Field(0, ge=0)
+    grace_s: float | None = Field(None, ge=0)
 
 
 Command = Annotated[

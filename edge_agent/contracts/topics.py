@@ -2,7 +2,8 @@
 
 Layout: ``<prefix>/<site>/<device>/<kind>[/<asset>]``. Devices publish ``status`` (retained),
 ``heartbeat``, ``results/<asset>``, ``latest/<asset>`` (retained, optional), ``drift``,
-``alerts`` and ``ack``; the fleet publishes ``cmd`` (and ``transfer``, bundle chunks) to a device.
+``alerts`` and ``ack``; the fleet publishes ``desired`` (retained), ``cmd`` and ``transfer``
+(bundle chunks) to a device. See docs/control-protocol.md.
 """
 
 from __future__ import annotations
@@ -26,7 +27,16 @@ DEFAULT_PREFIX = "edge"
 FLEET_SHARE_GROUP = "fleet"
 
 TopicKind = Literal[
-    "status", "heartbeat", "results", "latest", "drift", "alerts", "cmd", "transfer", "ack"
+    "status",
+    "heartbeat",
+    "results",
+    "latest",
+    "drift",
+    "alerts",
+    "desired",
+    "cmd",
+    "transfer",
+    "ack",
 ]
 DEVICE_KINDS: tuple[TopicKind, ...] = (
     "status",
@@ -35,6 +45,7 @@ DEVICE_KINDS: tuple[TopicKind, ...] = (
     "latest",
     "drift",
     "alerts",
+    "desired",
     "cmd",
     "transfer",
     "ack",
@@ -98,6 +109,10 @@ class DeviceTopics:
     @property
     def alerts(self) -> str:
         return f"{self.base}/alerts"
+
+    @property
+    def desired(self) -> str:
+        return f"{self.base}/desired"
 
     @property
     def cmd(self) -> str:

@@ -10,6 +10,7 @@ def test_device_topics_follow_the_layout() -> None:
     assert topics.status == "edge/plant-a/press-01/status"
     assert topics.results("pump-3") == "edge/plant-a/press-01/results/pump-3"
     assert topics.cmd == "edge/plant-a/press-01/cmd"
+    assert topics.desired == "edge/plant-a/press-01/desired"
     assert topics.own_filter() == "edge/plant-a/press-01/#"
 
 
