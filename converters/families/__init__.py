@@ -24,6 +24,18 @@ MODEL_SUFFIXES = {
     ".pth": "torch",
     ".ts": "torch",
 }
+# How a pickle (protocol 2 and later) or a joblib-compressed pickle begins; anything else is not
+# unpickled at all.
+_PICKLE_STARTS = (
+    b"\x80",  # pickle protocol >= 2
+    b"\x78",  # zlib
+    b"\x1f\x8b",  # gzip
+    b"BZh",  # bz2
+    b"\xfd7zXZ",  # xz
+    b"]\x00\x00",  # lzma
+    b"\x04\x22\x4d\x18",  # lz4
+    b"ZF",  # joblib's own zlib format
+)
 _EXPECTED = (
     "a joblib/pickle file of a scikit-learn, LightGBM or XGBoost model, a PyTorch file "
     "(.pt/.pth), a Keras file (.keras/.h5) or an ONNX file (.onnx)"
@@ -86,6 +98,10 @@ def load_source(
         from converters.families.torch import load_torch
 
         return load_torch(model, model_class=model_class, model_kwargs=model_kwargs, labels=labels)
+    with model.open("rb") as handle:
+        head = handle.read(8)
+    if not head.startswith(_PICKLE_STARTS):
+        raise ConversionError(f"{model} is not a joblib/pickle file; expected {_EXPECTED}")
     import joblib
 
     try:
