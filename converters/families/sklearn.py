@@ -165,33 +165,43 @@ class SklearnModel(SourceModel):
         return [label, np.asarray(self.estimator.predict_proba(data))]
 
     def to_onnx(self, rows: npt.NDArray[np.float32], features: list[str]) -> bytes:
-        import skl2onnx
         from skl2onnx.common.data_types import FloatTensorType
 
         if self.framework != "scikit-learn":
             gradient_boosting.register_converters(self.framework)
         _patch_skl2onnx()
-        options = {id(self.final): {"zipmap": False}} if self._kind == "classifier" else None
         opsets = {"": OPSET, "ai.onnx.ml": ML_OPSET}
         single = [("input", FloatTensorType([None, len(features)]))]
         try:
-            proto = skl2onnx.convert_sklearn(
-                self.estimator, initial_types=single, options=options, target_opset=opsets
-            )
-        except Exception as err:  # skl2onnx raises anything, from NameError to RuntimeError
+            proto = self._convert(single, opsets)
+        except ConversionError:
             if self.feature_names is None:
-                raise _refusal(self.description, err) from err
+                raise
             # Fitted on a DataFrame with columns picked by name: convert with one input per
             # column, then feed those from one (batch, features) input.
             per_column = [(name, FloatTensorType([None, 1])) for name in features]
-            try:
-                proto = skl2onnx.convert_sklearn(
-                    self.estimator, initial_types=per_column, options=options, target_opset=opsets
-                )
-            except Exception as err2:  # as above
-                raise _refusal(self.description, err2) from err2
-            proto = _merge_inputs(proto, features)
+            proto = _merge_inputs(self._convert(per_column, opsets), features)
         return bytes(proto.SerializeToString())
+
+    def _options(self) -> dict[int, dict[str, Any]]:
+        """Per-estimator skl2onnx options: plain probability tensors, no ZipMap."""
+        if self._kind == "classifier":
+            return {id(self.final): {"zipmap": False}}
+        if self._kind == "margin":
+            # Naming any option of the final step stops skl2onnx from adding a ZipMap that a
+            # classifier without probabilities cannot have.
+            return {id(self.final): {"output_class_labels": False}}
+        return {}
+
+    def _convert(self, inputs: list[tuple[str, Any]], opsets: dict[str, int]) -> Any:
+        import skl2onnx
+
+        try:
+            return skl2onnx.convert_sklearn(
+                self.estimator, initial_types=inputs, options=self._options(), target_opset=opsets
+            )
+        except Exception as err:  # skl2onnx raises anything, from NameError to RuntimeError
+            raise _refusal(self.description, err) from err
 
 
 def _refusal(description: str, err: Exception) -> ConversionError:
