@@ -7,6 +7,7 @@ from pathlib import Path
 import joblib
 import numpy as np
 import pytest
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier
 
 from converters import ConversionError, ParityPolicy, convert
@@ -82,7 +83,7 @@ def test_missing_values_stay_missing() -> None:
 def test_a_conversion_beyond_tolerance_writes_nothing(tmp_path: Path, iris: Dataset) -> None:
     """float32 inference never matches float64 exactly: a zero tolerance must refuse the MLP."""
     model = MLPClassifier(hidden_layer_sizes=(8,), max_iter=50, random_state=0)
-    with pytest.warns(Warning):
+    with pytest.warns(ConvergenceWarning):
         model.fit(iris.x, iris.y)
     joblib.dump(model, tmp_path / "mlp.joblib")
     output = tmp_path / "mlp.bundle"

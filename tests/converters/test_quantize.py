@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import pytest
 from sklearn.ensemble import RandomForestRegressor
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPRegressor
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import MinMaxScaler
@@ -25,7 +26,7 @@ def mlp_file(tmp_path_factory: pytest.TempPathFactory, diabetes: Dataset) -> Pat
     model = make_pipeline(
         MinMaxScaler(), MLPRegressor(hidden_layer_sizes=(128, 64), max_iter=60, random_state=0)
     )
-    with pytest.warns(Warning):  # not converged: fine for a size and error measurement
+    with pytest.warns(ConvergenceWarning):  # fine for a size and error measurement
         model.fit(diabetes.x, diabetes.y)
     path = tmp_path_factory.mktemp("mlp") / "mlp.joblib"
     joblib.dump(model, path)
