@@ -82,18 +82,25 @@ class KerasModel(NetworkModel):
 
     def to_onnx(self, rows: npt.NDArray[np.float32], features: list[str]) -> bytes:
         import tf2onnx
+        from tensorflow.python.framework.convert_to_constants import (
+            convert_variables_to_constants_v2,
+        )
 
         tf = import_tensorflow()
         serve, spec = self._serve()
         try:
-            proto, _ = tf2onnx.convert.from_function(
-                tf.function(serve, input_signature=spec), input_signature=spec, opset=OPSET
+            # Freeze first: tf2onnx would turn the captured Keras variables into model inputs.
+            frozen = convert_variables_to_constants_v2(
+                tf.function(serve, input_signature=spec).get_concrete_function()
+            )
+            proto, _ = tf2onnx.convert.from_graph_def(
+                frozen.graph.as_graph_def(),
+                input_names=[tensor.name for tensor in frozen.inputs],
+                output_names=[tensor.name for tensor in frozen.outputs],  # output_0, output_1
+                opset=OPSET,
             )
         except Exception as err:  # tf2onnx raises anything
             raise ConversionError(f"tf2onnx cannot convert the Keras model: {err}") from err
-        outputs = sorted(proto.graph.output, key=lambda value: value.name)
-        del proto.graph.output[:]
-        proto.graph.output.extend(outputs)
         return bytes(proto.SerializeToString())
 
     def export_saved_model(self, directory: Path, onnx_model: bytes) -> None:

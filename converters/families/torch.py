@@ -63,7 +63,9 @@ def load_torch(
     """A TorchScript archive, a state dict (with ``model_class``) or a pickled ``nn.Module``."""
     torch = _torch()
     try:
-        return TorchModel(torch.jit.load(str(path), map_location="cpu"), labels)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is still common
+            return TorchModel(torch.jit.load(str(path), map_location="cpu"), labels)
     except RuntimeError:
         pass  # not TorchScript: a state dict or a pickled module
     try:
