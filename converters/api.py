@@ -152,12 +152,12 @@ def _parity_failure(export: _Export) -> str:
 
 
 def convert(
-    model: Path | Any,
-    reference: Path | Reference,
+    model: Path | str | Any,
+    reference: Path | str | Reference,
     *,
     name: str,
     version: str,
-    output: Path,
+    output: Path | str,
     target: Target = "onnx",
     quantize: Quantization = "none",
     sign_key: Path | None = None,
@@ -169,7 +169,7 @@ def convert(
     policy: ParityPolicy | None = None,
     progress: Progress | None = None,
 ) -> ModelManifest:
-    """Convert ``model`` (a file, or a fitted model object) and write the bundle ``output``.
+    """Convert ``model`` (a file path, or a fitted model object) and write the bundle ``output``.
 
     ``reference`` rows (CSV, Parquet, ``.npy``) feed the parity check, the quantization
     calibration, the drift baseline and the golden vectors. ``labels`` makes a network a
@@ -178,6 +178,9 @@ def convert(
     as written; raises ConversionError (nothing written) when anything is off.
     """
     policy = policy or ParityPolicy()
+    model = Path(model) if isinstance(model, str) else model
+    reference = Path(reference) if isinstance(reference, str) else reference
+    output = Path(output)
     formats = _formats(target, quantize)
     per_format = {"onnx": 1, "tflite": 2}
     steps = 6 + sum(per_format[f] + (quantize != "none") for f in formats)
