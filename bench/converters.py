@@ -152,43 +152,34 @@ def _latency_figures(
     return figures
 
 
+def _size_figure(family: Family, label: str, size: int, float_size: int) -> Figure:
+    return Figure(
+        bench=BENCH,
+        name=f"{family.name} {label} size",
+        value=size / 1000,
+        unit="kB",
+        baseline_name="float model",
+        baseline=float_size / 1000,
+        target="< float model",
+        met=size < float_size,
+    )
+
+
 def _size_figures(
     family: Family, reference: Reference, out: Path, float_files: dict[str, bytes]
 ) -> list[Figure]:
+    """Each quantization of the ONNX model (float16: of the TFLite one), and of the TFLite
+    model too for networks."""
     figures = []
     for method in family.quantize:
-        model_format = "tflite" if method == "float16" else "onnx"
-        target = "tflite" if model_format == "tflite" else "onnx"
-        files = _convert(family, reference, out, target=target, quantize=method)
-        name = f"model.{model_format}"
-        size, float_size = len(files[name]) / 1000, len(float_files[name]) / 1000
-        figures.append(
-            Figure(
-                bench=BENCH,
-                name=f"{family.name} {model_format} {method} size",
-                value=size,
-                unit="kB",
-                baseline_name="float model",
-                baseline=float_size,
-                target="< float model",
-                met=size < float_size,
-            )
-        )
+        targets = ["tflite"] if method == "float16" else ["onnx"]
         if family.network and method != "float16":
-            tflite = _convert(family, reference, out, target="tflite", quantize=method)
-            size = len(tflite["model.tflite"]) / 1000
-            float_size = len(float_files["model.tflite"]) / 1000
+            targets.append("tflite")
+        for target in targets:
+            files = _convert(family, reference, out, target=target, quantize=method)
+            name = f"model.{target}"
             figures.append(
-                Figure(
-                    bench=BENCH,
-                    name=f"{family.name} tflite {method} size",
-                    value=size,
-                    unit="kB",
-                    baseline_name="float model",
-                    baseline=float_size,
-                    target="< float model",
-                    met=size < float_size,
-                )
+                _size_figure(family, f"{target} {method}", len(files[name]), len(float_files[name]))
             )
     return figures
 

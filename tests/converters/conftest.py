@@ -9,6 +9,9 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from converters import convert
+from edge_agent.contracts.manifest import ModelManifest
+
 
 @dataclass(frozen=True)
 class Dataset:
@@ -50,3 +53,20 @@ def fresh_rows(data: Dataset, count: int = 64, seed: int = 1) -> npt.NDArray[np.
     rng = np.random.default_rng(seed)
     mean, std = data.x.mean(axis=0), data.x.std(axis=0)
     return rng.normal(mean, std, size=(count, data.x.shape[1])).astype(np.float32)
+
+
+def convert_with(
+    tmp_path: Path, model: object, data: Dataset, name: str = "m", **options: object
+) -> tuple[Path, ModelManifest]:
+    """Convert ``model`` (a file or an object) on ``data`` written as CSV; the bundle and its
+    manifest."""
+    output = tmp_path / f"{name}.bundle"
+    manifest = convert(
+        model,
+        data.csv(tmp_path / f"{name}-reference.csv"),
+        name=name,
+        version="1",
+        output=output,
+        **options,  # type: ignore[arg-type]
+    )
+    return output, manifest

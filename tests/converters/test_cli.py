@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import stat
+import subprocess
 import zipfile
 from pathlib import Path
 
@@ -35,21 +36,17 @@ def workdir(tmp_path_factory: pytest.TempPathFactory, iris: Dataset) -> Path:
     return directory
 
 
+def _run_convert(
+    model: Path, reference: Path, output: Path, *extra: str
+) -> subprocess.CompletedProcess[str]:
+    return run(
+        "edge-convert", "convert", str(model), "--reference", str(reference), "-o", str(output),
+        "--name", "iris", "--version", "4", *extra,
+    )  # fmt: skip
+
+
 def _convert(workdir: Path, output: Path, *extra: str) -> Path:
-    result = run(
-        "edge-convert",
-        "convert",
-        str(workdir / "model.joblib"),
-        "--reference",
-        str(workdir / "reference.csv"),
-        "-o",
-        str(output),
-        "--name",
-        "iris",
-        "--version",
-        "4",
-        *extra,
-    )
+    result = _run_convert(workdir / "model.joblib", workdir / "reference.csv", output, *extra)
     assert result.returncode == 0, result.stderr
     return output
 
@@ -74,21 +71,8 @@ def test_keygen_keeps_the_private_key_private(workdir: Path) -> None:
 
 def test_convert_signed_shows_progress_and_summary(workdir: Path, tmp_path: Path) -> None:
     output = tmp_path / "iris-4.bundle"
-    result = run(
-        "edge-convert",
-        "convert",
-        str(workdir / "model.joblib"),
-        "--reference",
-        str(workdir / "reference.csv"),
-        "-o",
-        str(output),
-        "--name",
-        "iris",
-        "--version",
-        "4",
-        "--sign-key",
-        str(workdir / "fleet.key"),
-    )
+    key = ("--sign-key", str(workdir / "fleet.key"))
+    result = _run_convert(workdir / "model.joblib", workdir / "reference.csv", output, *key)
     assert result.returncode == 0, result.stderr
     assert "[4/7] exporting to ONNX ... " in result.stderr
     assert "[7/7] writing" in result.stderr
@@ -161,20 +145,7 @@ def test_inspect_human_and_json(workdir: Path, tmp_path: Path) -> None:
 
 def test_quiet_conversion_of_a_tree_states_its_policy(workdir: Path, tmp_path: Path) -> None:
     output = tmp_path / "forest.bundle"
-    result = run(
-        "edge-convert",
-        "convert",
-        str(workdir / "forest.joblib"),
-        "--reference",
-        str(workdir / "reference.csv"),
-        "-o",
-        str(output),
-        "--name",
-        "forest",
-        "--version",
-        "1",
-        "-q",
-    )
+    result = _run_convert(workdir / "forest.joblib", workdir / "reference.csv", output, "-q")
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""  # --quiet
     assert "tree ensemble" in read_bundle(output).manifest.parity.policy  # type: ignore[union-attr]
@@ -182,21 +153,7 @@ def test_quiet_conversion_of_a_tree_states_its_policy(workdir: Path, tmp_path: P
 
 def _bad(workdir: Path, tmp_path: Path, model: Path, reference: Path, *extra: str) -> str:
     output = tmp_path / "bad.bundle"
-    result = run(
-        "edge-convert",
-        "convert",
-        str(model),
-        "--reference",
-        str(reference),
-        "-o",
-        str(output),
-        "--name",
-        "bad",
-        "--version",
-        "1",
-        "-q",
-        *extra,
-    )
+    result = _run_convert(model, reference, output, "-q", *extra)
     assert result.returncode == 1, result.stdout
     assert not output.exists()
     lines = result.stderr.strip().splitlines()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import joblib
 import numpy as np
 import pytest
 from sklearn.ensemble import RandomForestClassifier
@@ -13,26 +12,15 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from converters import convert
 from edge_agent.contracts.baseline import Baseline, bin_counts
 from edge_agent.contracts.bundle import read_bundle
 from edge_agent.contracts.golden import GoldenVectors, check_golden
 from edge_agent.model import load_model
-from tests.converters.conftest import Dataset
+from tests.converters.conftest import Dataset, convert_with
 
 
 def _convert(tmp_path: Path, model: object, data: Dataset, name: str, **options: object) -> Path:
-    joblib.dump(model, tmp_path / f"{name}.joblib")
-    output = tmp_path / f"{name}.bundle"
-    convert(
-        tmp_path / f"{name}.joblib",
-        data.csv(tmp_path / f"{name}.csv"),
-        name=name,
-        version="1",
-        output=output,
-        **options,  # type: ignore[arg-type]
-    )
-    return output
+    return convert_with(tmp_path, model, data, name, **options)[0]
 
 
 def test_baseline_freezes_deciles_of_every_feature_and_output(

@@ -13,9 +13,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from xgboost import XGBClassifier, XGBRegressor
 
-from converters import convert
 from edge_agent.model import load_model
-from tests.converters.conftest import Dataset, fresh_rows
+from tests.converters.conftest import Dataset, convert_with, fresh_rows
 
 MODELS: dict[str, Any] = {
     "lightgbm": lambda: LGBMClassifier(n_estimators=20, verbose=-1),
@@ -28,14 +27,8 @@ MODELS: dict[str, Any] = {
 
 def _serve(tmp_path: Path, model: Any, data: Dataset) -> Any:
     joblib.dump(model, tmp_path / "model.joblib")
-    convert(
-        tmp_path / "model.joblib",
-        data.csv(tmp_path / "reference.csv"),
-        name="gb",
-        version="2.0.1",
-        output=tmp_path / "gb.bundle",
-    )
-    return load_model(tmp_path / "gb.bundle")
+    bundle, _ = convert_with(tmp_path, tmp_path / "model.joblib", data)
+    return load_model(bundle)
 
 
 @pytest.mark.parametrize("family", sorted(MODELS))

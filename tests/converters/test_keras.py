@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from converters import ConversionError, convert
+from converters import ConversionError
 from edge_agent.model import load_model
-from tests.converters.conftest import Dataset, fresh_rows
+from tests.converters.conftest import Dataset, convert_with, fresh_rows
 
 pytestmark = [
     pytest.mark.tensorflow,
@@ -43,9 +43,7 @@ def _keras_out(path: Path, rows: np.ndarray) -> np.ndarray:
 
 
 def _convert(tmp_path: Path, model: Path, data: Dataset, **options: Any) -> Path:
-    output = tmp_path / "k.bundle"
-    convert(model, data.csv(tmp_path / "r.csv"), name="k", version="1", output=output, **options)
-    return output
+    return convert_with(tmp_path, model, data, **options)[0]
 
 
 def test_classifier_to_both_targets(tmp_path: Path, iris: Dataset, classifier_file: Path) -> None:

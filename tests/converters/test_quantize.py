@@ -14,11 +14,11 @@ from sklearn.neural_network import MLPRegressor
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import MinMaxScaler
 
-from converters import ConversionError, convert
+from converters import ConversionError
 from converters.targets.onnx import QUANTIZED_OPS
 from edge_agent.contracts.golden import GoldenVectors, check_golden
 from edge_agent.model import load_model
-from tests.converters.conftest import Dataset
+from tests.converters.conftest import Dataset, convert_with
 
 
 @pytest.fixture(scope="module")
@@ -35,15 +35,7 @@ def mlp_file(tmp_path_factory: pytest.TempPathFactory, diabetes: Dataset) -> Pat
 
 @pytest.mark.parametrize("method", ["dynamic-int8", "static-int8"])
 def test_int8_onnx(tmp_path: Path, diabetes: Dataset, mlp_file: Path, method: str) -> None:
-    output = tmp_path / "q.bundle"
-    manifest = convert(
-        mlp_file,
-        diabetes.csv(tmp_path / "reference.csv"),
-        name="q",
-        version="1",
-        output=output,
-        quantize=method,  # type: ignore[arg-type]
-    )
+    output, manifest = convert_with(tmp_path, mlp_file, diabetes, quantize=method)
     assert manifest.quantization == method
     assert manifest.parity is not None and manifest.parity.passed  # the float model's certificate
     (report,) = manifest.quantization_reports
@@ -64,27 +56,11 @@ def test_int8_onnx(tmp_path: Path, diabetes: Dataset, mlp_file: Path, method: st
 
 
 def test_tree_ensemble_has_nothing_to_quantize(tmp_path: Path, diabetes: Dataset) -> None:
-    joblib.dump(
-        RandomForestRegressor(n_estimators=5).fit(diabetes.x, diabetes.y), tmp_path / "f.joblib"
-    )
+    forest = RandomForestRegressor(n_estimators=5).fit(diabetes.x, diabetes.y)
     with pytest.raises(ConversionError, match="found nothing to quantize"):
-        convert(
-            tmp_path / "f.joblib",
-            diabetes.csv(tmp_path / "r.csv"),
-            name="f",
-            version="1",
-            output=tmp_path / "f.bundle",
-            quantize="dynamic-int8",
-        )
+        convert_with(tmp_path, forest, diabetes, quantize="dynamic-int8")
 
 
 def test_float16_is_for_tflite(tmp_path: Path, diabetes: Dataset, mlp_file: Path) -> None:
     with pytest.raises(ConversionError, match="float16 is a TFLite quantization"):
-        convert(
-            mlp_file,
-            diabetes.csv(tmp_path / "r.csv"),
-            name="f",
-            version="1",
-            output=tmp_path / "f.bundle",
-            quantize="float16",
-        )
+        convert_with(tmp_path, mlp_file, diabetes, quantize="float16")

@@ -31,7 +31,7 @@ from sklearn.svm import LinearSVC, LinearSVR
 from converters import convert
 from edge_agent.contracts.bundle import read_bundle
 from edge_agent.model import load_model
-from tests.converters.conftest import Dataset, fresh_rows
+from tests.converters.conftest import Dataset, convert_with, fresh_rows
 
 CLASSIFIERS: dict[str, Any] = {
     "logistic-pipeline": lambda: make_pipeline(
@@ -58,19 +58,10 @@ REGRESSORS: dict[str, Any] = {
 }
 
 
-def _bundle(tmp_path: Path, model: Any, data: Dataset, **options: Any) -> Path:
-    model_path = tmp_path / "model.joblib"
-    joblib.dump(model, model_path)
-    output = tmp_path / "model.bundle"
-    convert(
-        model_path,
-        data.csv(tmp_path / "reference.csv"),
-        name="m",
-        version="1",
-        output=output,
-        **options,
-    )
-    return output
+def _bundle(tmp_path: Path, model: Any, data: Dataset) -> Path:
+    """Through a joblib file, as a data scientist hands the model over."""
+    joblib.dump(model, tmp_path / "model.joblib")
+    return convert_with(tmp_path, tmp_path / "model.joblib", data)[0]
 
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")

@@ -9,13 +9,14 @@ import pytest
 
 from converters import ConversionError, convert
 from edge_agent.model import load_model
-from tests.converters.conftest import Dataset, fresh_rows, write_csv
+from tests.converters.conftest import Dataset, convert_with, fresh_rows, write_csv
 from tests.support.processes import run
 
 torch = pytest.importorskip("torch")
 
 pytestmark = pytest.mark.torch
 LABELS = ["setosa", "versicolor", "virginica"]
+NETWORK = "tests.converters.networks:PumpMLP"
 
 
 @pytest.fixture(scope="module")
@@ -57,14 +58,8 @@ def test_state_dict_with_its_class_to_onnx(
     tmp_path: Path, iris: Dataset, mlp: torch.nn.Module
 ) -> None:
     torch.save(mlp.state_dict(), tmp_path / "mlp.pt")
-    manifest = convert(
-        tmp_path / "mlp.pt",
-        iris.csv(tmp_path / "reference.csv"),
-        name="pump",
-        version="1",
-        output=tmp_path / "pump.bundle",
-        model_class="tests.converters.networks:PumpMLP",
-        labels=LABELS,
+    bundle, manifest = convert_with(
+        tmp_path, tmp_path / "mlp.pt", iris, model_class=NETWORK, labels=LABELS
     )
     assert manifest.source_framework == "pytorch" and "torch" in manifest.framework_versions
     assert [(o.name, o.kind, o.labels) for o in manifest.outputs] == [
@@ -72,7 +67,7 @@ def test_state_dict_with_its_class_to_onnx(
         ("probabilities", "probabilities", LABELS),
     ]
     assert manifest.parity is not None and manifest.parity.passed
-    _check_classifier(tmp_path / "pump.bundle", mlp, iris, "onnx")
+    _check_classifier(bundle, mlp, iris, "onnx")
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
@@ -108,22 +103,10 @@ def test_torchscript_through_the_cli(tmp_path: Path, iris: Dataset, mlp: torch.n
 def test_state_dict_needs_its_class(tmp_path: Path, iris: Dataset, mlp: torch.nn.Module) -> None:
     torch.save(mlp.state_dict(), tmp_path / "mlp.pt")
     with pytest.raises(ConversionError, match="is a state dict: give --model-class"):
-        convert(
-            tmp_path / "mlp.pt",
-            iris.csv(tmp_path / "r.csv"),
-            name="p",
-            version="1",
-            output=tmp_path / "p.bundle",
-        )
+        convert_with(tmp_path, tmp_path / "mlp.pt", iris)
     with pytest.raises(ConversionError, match=r"does not fit tests\.converters\.networks:PumpMLP"):
-        convert(
-            tmp_path / "mlp.pt",
-            iris.csv(tmp_path / "r.csv"),
-            name="p",
-            version="1",
-            output=tmp_path / "p.bundle",
-            model_class="tests.converters.networks:PumpMLP",
-            model_kwargs={"hidden": 8},
+        convert_with(
+            tmp_path, tmp_path / "mlp.pt", iris, model_class=NETWORK, model_kwargs={"hidden": 8}
         )
 
 
@@ -137,20 +120,14 @@ def test_wrong_feature_count(tmp_path: Path, mlp: torch.nn.Module) -> None:
 @pytest.mark.tensorflow
 def test_mlp_to_both_targets(tmp_path: Path, iris: Dataset, mlp: torch.nn.Module) -> None:
     torch.save(mlp, tmp_path / "mlp.pt")
-    manifest = convert(
-        tmp_path / "mlp.pt",
-        iris.csv(tmp_path / "reference.csv"),
-        name="pump",
-        version="1",
-        output=tmp_path / "pump.bundle",
-        target="both",
-        labels=LABELS,
+    bundle, manifest = convert_with(
+        tmp_path, tmp_path / "mlp.pt", iris, target="both", labels=LABELS
     )
     assert manifest.formats == ["onnx", "tflite"]
     assert set(manifest.parity_by_format) == {"onnx", "tflite"}
     assert all(report.passed for report in manifest.parity_by_format.values())
-    _check_classifier(tmp_path / "pump.bundle", mlp, iris, "tflite")
-    _check_classifier(tmp_path / "pump.bundle", mlp, iris, "onnx")
+    _check_classifier(bundle, mlp, iris, "tflite")
+    _check_classifier(bundle, mlp, iris, "onnx")
 
 
 @pytest.mark.tensorflow
@@ -161,25 +138,20 @@ def test_cnn_to_tflite_quantized(tmp_path: Path, windows: Dataset) -> None:
     model = VibrationCNN()
     train(model, torch.from_numpy(windows.x), torch.from_numpy(windows.y), epochs=20)
     torch.save(model, tmp_path / "cnn.pt")
-    reference = windows.csv(tmp_path / "reference.csv")
-    float_manifest = convert(
-        tmp_path / "cnn.pt", reference, name="cnn", version="1", output=tmp_path / "f.bundle",
-        target="tflite",
-    )  # fmt: skip
+    bundle, float_manifest = convert_with(tmp_path, tmp_path / "cnn.pt", windows, target="tflite")
     parity = float_manifest.parity_by_format["tflite"]
     assert parity.passed and parity.max_abs_error["prediction"] < 1e-3
-    served = load_model(tmp_path / "f.bundle")
+    served = load_model(bundle)
     rows = fresh_rows(windows)
     got = np.array([r["prediction"] for r in served.predict(rows)])
     expected = _torch_out(model, rows)[:, 0]
     assert np.abs(got - expected).max() <= 1e-4 * max(1.0, float(np.abs(expected).max()))
 
-    manifest = convert(
-        tmp_path / "cnn.pt", reference, name="cnn", version="2", output=tmp_path / "q.bundle",
-        target="tflite", quantize="static-int8",
-    )  # fmt: skip
+    quantized, manifest = convert_with(
+        tmp_path, tmp_path / "cnn.pt", windows, "q", target="tflite", quantize="static-int8"
+    )
     (report,) = manifest.quantization_reports
     assert report.format == "tflite" and report.method == "static-int8"
     scale = float(np.abs(windows.y).max())
     assert 0 < report.max_abs_change["prediction"] < 0.2 * scale
-    assert load_model(tmp_path / "q.bundle").runner.format == "tflite"
+    assert load_model(quantized).runner.format == "tflite"
