@@ -219,3 +219,13 @@ def test_bad_name_and_version(workdir: Path, tmp_path: Path) -> None:
     reference = workdir / "reference.csv"
     line = _bad(workdir, tmp_path, workdir / "model.joblib", reference, "--version", "v1")
     assert "neither a whole number" in line
+
+
+def test_help_teaches_every_command() -> None:
+    top = run("edge-convert", "--help", check=True).stdout
+    for command in ("convert", "keygen", "verify", "inspect"):
+        assert command in top
+    assert "runs code" in top  # the pickle warning
+    convert_help = run("edge-convert", "convert", "--help", check=True).stdout
+    for option in ("--target", "--quantize", "--features", "--labels", "--model-class"):
+        assert option in convert_help
