@@ -15,6 +15,7 @@ __all__ = [
     "OutputKind",
     "OutputSpec",
     "ParityReport",
+    "QuantizationReport",
     "WindowFeature",
     "WindowSpec",
     "version_key",
@@ -94,15 +95,37 @@ class WindowSpec(_Strict):
 
 
 class ParityReport(_Strict):
-    """How closely the converted model reproduced the source model on the reference rows."""
+    """How closely the converted model reproduced the source model on the reference rows.
+
+    Errors are keyed by output name. ``disagreeing_rows`` are reference row indices (0-based, in
+    file order) where some output broke its tolerance; ``allowed_disagreeing_rows`` is how many the
+    policy accepts (non-zero only for tree ensembles, whose float32 thresholds can flip a row that
+    sits on a split).
+    """
 
     passed: bool
     rows: int
     policy: str
+    format: ModelFormat | None = None
     max_abs_error: dict[str, float] = Field(default_factory=dict)
     max_rel_error: dict[str, float] = Field(default_factory=dict)
+    tolerance: dict[str, float] = Field(default_factory=dict)  # absolute, per output
     label_agreement: float | None = None
     disagreeing_rows: list[int] = Field(default_factory=list)
+    disagreeing_count: int = Field(0, ge=0)  # may exceed len(disagreeing_rows), which is capped
+    allowed_disagreeing_rows: int = Field(0, ge=0)
+
+
+class QuantizationReport(_Strict):
+    """What quantizing one model file cost: its size and how far it moved from the float model."""
+
+    format: ModelFormat
+    method: Literal["dynamic-int8", "static-int8", "float16"]
+    float_bytes: int = Field(gt=0)
+    quantized_bytes: int = Field(gt=0)
+    rows: int
+    max_abs_change: dict[str, float] = Field(default_factory=dict)  # per output, vs float model
+    label_agreement: float | None = None  # share of rows whose label the float model also gives
 
 
 class DriftThresholds(_Strict):
@@ -129,7 +152,9 @@ class ModelManifest(_Strict):
     outputs: list[OutputSpec] = Field(min_length=1)
     window: WindowSpec | None = None
     files: dict[str, str]  # file name in the bundle -> sha256 hex
-    parity: ParityReport | None = None
+    parity: ParityReport | None = None  # the first format's; a bundle is written only if all pass
+    parity_by_format: dict[str, ParityReport] = Field(default_factory=dict)
+    quantization_reports: list[QuantizationReport] = Field(default_factory=list)
     drift_thresholds: DriftThresholds = Field(default_factory=DriftThresholds)
 
     @field_validator("name")

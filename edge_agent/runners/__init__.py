@@ -16,6 +16,10 @@ def build_runner(bundle: Bundle, *, preference: str = "auto", threads: int = 1) 
         from edge_agent.runners.onnx import OnnxRunner
 
         return OnnxRunner(bundle.file("model.onnx"), threads=threads)
+    if preference in ("auto", "tflite") and "tflite" in formats:
+        from edge_agent.runners.litert import LiteRtRunner
+
+        return LiteRtRunner(bundle.file("model.tflite"), threads=threads)
     raise ModelError(
         f"bundle {bundle.manifest.label} has {', '.join(formats)}; runner {preference!r} "
         "cannot run any of them"

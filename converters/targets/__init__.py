@@ -1,0 +1,1 @@
+"""Conversion targets: ONNX (every family) and TFLite (neural networks)."""
