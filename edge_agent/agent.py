@@ -39,7 +39,7 @@ from edge_agent.model import LoadedModel, load_model
 from edge_agent.mqtt import MqttClient
 from edge_agent.sinks.mqtt import MqttSink
 from edge_agent.sources import Source, build_source
-from edge_agent.windows import RowWindowBuilder, Window
+from edge_agent.windows import Window, WindowBuilder, build_window_builder
 
 __all__ = ["Agent"]
 
@@ -49,7 +49,8 @@ T = TypeVar("T")
 
 # Windows waiting for inference before sources are made to wait (back-pressure, not drops).
 MAX_PENDING_WINDOWS = 10_000
-MAX_BATCH = 64
+# How often time alone may close a window (an asset gone silent still gets its last window).
+WINDOW_CLOCK_S = 0.1
 STOP_STATUS_TIMEOUT_S = 5.0
 DRAIN_TIMEOUT_S = 5.0
 SOURCE_READY_TIMEOUT_S = 10.0
@@ -82,7 +83,7 @@ class Agent:
         self._windows_ready = asyncio.Event()
         self._window_space = asyncio.Event()
         self._outbox_changed = asyncio.Event()
-        self._builder: RowWindowBuilder | None = None
+        self._builder: WindowBuilder | None = None
         self._sources_done = False
         self._ready = False
 
@@ -114,13 +115,16 @@ class Agent:
             ),
         )
         logger.info("Model %s loaded (%s)", self.model.manifest.label, self.model.runner.format)
-        self._builder = RowWindowBuilder(self.model.manifest.feature_names)
+        self._builder = build_window_builder(
+            config.windows, self.model.manifest, self.model.baseline_means(), self.health.count
+        )
 
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._forward(), name="outbox-forwarder")
                 infer = group.create_task(self._infer(), name="inference")
                 group.create_task(self._heartbeat(), name="heartbeat")
+                group.create_task(self._window_clock(), name="window-clock")
                 group.create_task(self._write_status_file(), name="status-file")
                 readers = []
                 for source in self.sources:
@@ -185,18 +189,35 @@ class Agent:
                     self.health.reject(rejected.reason, reading.origin, rejected.detail)
                     reading.acknowledge()
                     continue
+                if not any(reading in window.readings for window in windows):
+                    reading.acknowledge()  # its samples live in the builder's open windows now
                 self._windows.extend(windows)
-            if self._windows:
-                self._windows_ready.set()
-            while len(self._windows) >= MAX_PENDING_WINDOWS:
-                self._window_space.clear()
-                await self._window_space.wait()
+            await self._queue_windows([])
+
+    async def _window_clock(self) -> None:
+        builder = self._builder
+        assert builder is not None
+        while True:
+            await asyncio.sleep(WINDOW_CLOCK_S)
+            await self._queue_windows(builder.poll(time.time()))
+
+    async def _queue_windows(self, windows: list[Window]) -> None:
+        """Queue windows for inference; wait (back-pressure on the sources) while it is full."""
+        self._windows.extend(windows)
+        if self._windows:
+            self._windows_ready.set()
+        while len(self._windows) >= MAX_PENDING_WINDOWS:
+            self._window_space.clear()
+            await self._window_space.wait()
 
     async def _infer(self) -> None:
-        """Run ready windows through the model in batches, store results, acknowledge inputs."""
-        model = self.model
-        assert model is not None
+        """Run ready windows through the model in batches, store results, acknowledge inputs.
+
+        The model is read from ``self.model`` for every batch, so a new model set there between
+        two batches serves the next one.
+        """
         loop = asyncio.get_running_loop()
+        max_batch = self.config.model.max_batch
         while True:
             if not self._windows:
                 if self._sources_done:
@@ -204,7 +225,9 @@ class Agent:
                 self._windows_ready.clear()
                 await self._windows_ready.wait()
                 continue
-            batch = [self._windows.popleft() for _ in range(min(MAX_BATCH, len(self._windows)))]
+            model = self.model
+            assert model is not None
+            batch = [self._windows.popleft() for _ in range(min(max_batch, len(self._windows)))]
             self._window_space.set()
             rows = np.asarray([window.values for window in batch], dtype=np.float32)
             started = time.perf_counter()
@@ -220,6 +243,7 @@ class Agent:
             latency = time.perf_counter() - started
             self.health.inference.add(latency)
             self.health.count("inference.windows", len(batch))
+            self.health.count("inference.batches")
             try:
                 await self._on_db(partial(self._store_results, model, batch, outputs, latency))
             except OutboxError as err:

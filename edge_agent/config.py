@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edge_agent.configfile import check_toml, load_toml
+from edge_agent.contracts.manifest import WindowFeature
 from edge_agent.contracts.topics import DEFAULT_PREFIX, validate_level
 from edge_agent.errors import ConfigError
 from edge_agent.mqtt import MqttSettings
@@ -25,6 +26,7 @@ __all__ = [
     "OutboxConfig",
     "SourceConfig",
     "TlsConfig",
+    "WindowsConfig",
     "check_config",
     "load_config",
     "read_secret",
@@ -141,6 +143,28 @@ class ModelConfig(_Section):
     threads: int = Field(1, ge=1, le=64)
     # The features the plant feeds; a bundle whose inputs differ is refused. Default: the bundle's.
     features: list[str] | None = None
+    # Windows ready at once run as one batch of at most this many rows.
+    max_batch: int = Field(64, ge=1, le=4096)
+
+
+class WindowsConfig(_Section):
+    """How readings become model input rows (see docs/agent.md). Unset keys come from the
+    bundle's window spec where it has one."""
+
+    # "row": each reading is one complete row. Default: the bundle's window mode, else "row".
+    mode: Literal["row", "tumbling", "sliding", "count", "snapshot"] | None = None
+    length_s: float | None = Field(None, gt=0)
+    hop_s: float | None = Field(None, gt=0)
+    count: int | None = Field(None, gt=0)
+    trigger_tag: str | None = None
+    # Default: the bundle's window features, else read from the input names (vibration_rms).
+    features: list[WindowFeature] | None = None
+    allowed_lateness_s: float = Field(1.0, ge=0)
+    late: Literal["drop", "current"] = "drop"
+    missing: Literal["skip", "last", "baseline"] = "skip"
+    max_age_s: float = Field(60.0, gt=0)
+    use_uncertain: bool = True
+    max_samples_per_tag: int = Field(100_000, ge=10)
 
 
 class JsonRecordCodec(_Section):
@@ -192,6 +216,7 @@ class AgentConfig(_Section):
     topic_prefix: str = DEFAULT_PREFIX
     model: ModelConfig
     sources: list[SourceConfig] = Field(min_length=1)
+    windows: WindowsConfig = Field(default_factory=WindowsConfig)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     heartbeat: HeartbeatConfig = Field(default_factory=HeartbeatConfig)
 

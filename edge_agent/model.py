@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from edge_agent.contracts.baseline import Baseline
 from edge_agent.contracts.bundle import Bundle, BundleError, load_public_key, read_bundle
 from edge_agent.contracts.manifest import ModelManifest
 from edge_agent.contracts.payloads import OutputValue
@@ -27,6 +28,19 @@ class LoadedModel:
     @property
     def manifest(self) -> ModelManifest:
         return self.bundle.manifest
+
+    def baseline_means(self) -> dict[str, float]:
+        """The mean of every input feature in the bundle's baseline (empty without a baseline)."""
+        raw = self.bundle.files.get("baseline.json")
+        if raw is None:
+            return {}
+        try:
+            baseline = Baseline.model_validate_json(raw)
+        except ValueError as err:
+            raise ModelError(
+                f"baseline.json of {self.manifest.label} is unreadable: {err}"
+            ) from err
+        return {name: dist.mean for name, dist in baseline.features.items()}
 
     def predict(self, rows: npt.NDArray[np.float32]) -> list[dict[str, OutputValue]]:
         """Outputs per row, flattened for results; raises ModelError, never anything else."""
