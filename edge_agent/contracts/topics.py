@@ -136,6 +136,23 @@ class DeviceTopics:
         """A filter matching every topic of this device (used by the broker ACL)."""
         return f"{self.base}/#"
 
+    def device_publishes(self) -> list[str]:
+        """Filters of every topic the device itself publishes (its broker ACL's write rules)."""
+        base = self.base
+        return [
+            f"{base}/status",
+            f"{base}/heartbeat",
+            f"{base}/results/+",
+            f"{base}/latest/+",
+            f"{base}/drift",
+            f"{base}/alerts",
+            f"{base}/ack",
+        ]
+
+    def device_reads(self) -> list[str]:
+        """Filters of every topic the fleet publishes to the device (its ACL's read rules)."""
+        return [self.desired, self.cmd, self.transfer]
+
 
 def fleet_filter(
     prefix: str,

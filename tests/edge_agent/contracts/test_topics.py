@@ -33,3 +33,14 @@ def test_parse_topic_round_trips_and_ignores_strangers() -> None:
     assert parse_topic("a/b", "a/b/s/d/unknown") is None
     assert parse_topic("a/b", "a/b/s/d/status/extra") is None
     assert parse_topic("a/b", "other/s/d/status") is None
+
+
+def test_acl_filters_cover_what_a_device_publishes_and_reads() -> None:
+    from edge_agent.contracts.topics import DeviceTopics
+
+    topics = DeviceTopics("edge", "plant-a", "press-01")
+    writes = topics.device_publishes()
+    assert topics.status in writes and topics.ack in writes and topics.drift in writes
+    assert "edge/plant-a/press-01/results/+" in writes
+    assert topics.desired not in writes and topics.cmd not in writes
+    assert topics.device_reads() == [topics.desired, topics.cmd, topics.transfer]
