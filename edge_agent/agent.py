@@ -86,6 +86,11 @@ class Agent:
         self._builder: WindowBuilder | None = None
         self._sources_done = False
         self._ready = False
+        # Set once every source is subscribed: what systemd's READY=1 reports.
+        self.serving = asyncio.Event()
+        # When the inference call in progress started (monotonic), None while idle: a stuck
+        # model shows here and stops the systemd watchdog pings.
+        self.inference_busy_since: float | None = None
 
     # ------------------------------------------------------------------------------ run/stop
 
@@ -137,6 +142,7 @@ class Agent:
                         logger.warning("Source %s is not ready yet; serving anyway", source.name)
                 # Online means ready: the status is published now and on every reconnect.
                 self._ready = True
+                self.serving.set()
                 if self.uplink.connected:
                     await self._publish_online()
                 logger.info(
@@ -231,15 +237,18 @@ class Agent:
             self._window_space.set()
             rows = np.asarray([window.values for window in batch], dtype=np.float32)
             started = time.perf_counter()
+            self.inference_busy_since = time.monotonic()
             try:
                 outputs = await loop.run_in_executor(self._inference, model.predict, rows)
             except ModelError as err:
+                self.inference_busy_since = None
                 self.health.count("inference.errors", len(batch))
                 self.health.problem_once("inference", "Inference failed: %s", err)
                 for window in batch:
                     for reading in window.readings:
                         reading.acknowledge()
                 continue
+            self.inference_busy_since = None
             latency = time.perf_counter() - started
             self.health.inference.add(latency)
             self.health.count("inference.windows", len(batch))

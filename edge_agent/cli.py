@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import json
 import logging
-import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -51,7 +50,10 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser(
         "run",
         help="serve: read sources, infer, publish results until SIGTERM or Ctrl-C",
-        description="Run the agent in the foreground (systemd runs it this way).",
+        description=(
+            "Run the agent in the foreground (systemd runs it this way). SIGHUP reloads the "
+            "config if it is valid and keeps the running one if not."
+        ),
     )
     with_config(run)
     run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -79,19 +81,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run(config: AgentConfig, log_level: str) -> int:
-    from edge_agent.agent import Agent
+def _run(config_path: Path, config: AgentConfig, log_level: str) -> int:
+    from edge_agent.service import AgentService
 
     logging.basicConfig(
         level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
 
     async def serve() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
-        await Agent(config).run(stop)
+        await AgentService(config_path, config).run()
 
     try:
         asyncio.run(serve())
@@ -157,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     if args.command == "status":
         return _status(config, args.json)
-    return _run(config, args.log_level)
+    return _run(args.config, config, args.log_level)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ __all__ = [
     "DeviceConfig",
     "HeartbeatConfig",
     "JsonRecordCodec",
+    "MetricsConfig",
     "ModelConfig",
     "MqttSourceConfig",
     "OutboxConfig",
@@ -210,6 +211,28 @@ class HeartbeatConfig(_Section):
     interval_s: float = Field(30.0, ge=0.1)
 
 
+class MetricsConfig(_Section):
+    """The optional Prometheus endpoint: ``listen = "HOST:PORT"``."""
+
+    listen: str
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"expected HOST:PORT such as 127.0.0.1:9108, got {value!r}")
+        return value
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
 class AgentConfig(_Section):
     device: DeviceConfig
     broker: BrokerConfig = Field(default_factory=BrokerConfig)
@@ -219,6 +242,7 @@ class AgentConfig(_Section):
     windows: WindowsConfig = Field(default_factory=WindowsConfig)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     heartbeat: HeartbeatConfig = Field(default_factory=HeartbeatConfig)
+    metrics: MetricsConfig | None = None  # off unless configured
 
     @model_validator(mode="after")
     def _unique_source_names(self) -> AgentConfig:
