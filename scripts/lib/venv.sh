@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Prepares ./.venv with the project and the extras asked for; sourced by scripts/demo and scripts/test.
 # Re-installs only when pyproject.toml changed or more extras are wanted.
 
