@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import re
 import socket
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -20,30 +17,9 @@ from tests.support.models import linear_bundle
 from tests.support.mosquitto import Mosquitto, free_port
 from tests.support.mqtt import Probe
 from tests.support.processes import AgentProcess, run
+from tests.support.prometheus import parse, scrape
 
 GOOD = {"temperature": 1.0, "vibration": 2.0, "pressure": 3.0}
-SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)$")
-
-
-def parse(text: str) -> dict[str, list[tuple[str, float]]]:
-    """Exposition text to name -> [(labels, value)]; fails on a line that is not valid."""
-    samples: dict[str, list[tuple[str, float]]] = {}
-    for line in text.splitlines():
-        if line.startswith("#"):
-            assert re.match(r"^# (HELP|TYPE) [a-zA-Z_:][a-zA-Z0-9_:]* ", line), line
-            continue
-        match = SAMPLE.match(line)
-        assert match, f"not a sample line: {line!r}"
-        samples.setdefault(match.group(1), []).append((match.group(2) or "", float(match.group(3))))
-    return samples
-
-
-def scrape(port: int, path: str = "/metrics") -> tuple[int, str, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
-            return response.status, response.headers["Content-Type"], response.read().decode()
-    except urllib.error.HTTPError as err:
-        return err.code, err.headers["Content-Type"], err.read().decode()
 
 
 def test_metric_names() -> None:
