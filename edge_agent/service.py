@@ -73,7 +73,8 @@ class AgentService:
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         try:
             config: AgentConfig | None = self.config
-            while config is not None:
+            while config is not None and not self._stop_requested:
+                # (A stop that came during a reload's drain ends here, before a new start.)
                 await self._apply_metrics(config.metrics)
                 self.config = config
                 config = await self._serve(config)
