@@ -213,7 +213,8 @@ install_fleet() {
     install -d -m 0750 "$r/var/lib/fleet-manager"
     if [ ! -e "$r/etc/fleet-manager/fleet.env" ]; then
         printf '%s\n' "# Settings for fleet-manager.service (see fleet --help)." \
-            "FLEET_BROKER=127.0.0.1:1883" "FLEET_PREFIX=edge" >"$r/etc/fleet-manager/fleet.env"
+            "FLEET_BROKER=127.0.0.1:1883" "FLEET_PREFIX=edge" \
+            "# FLEET_REGISTRY=postgresql://fleet@db-host/fleet" >"$r/etc/fleet-manager/fleet.env"
         chmod 0640 "$r/etc/fleet-manager/fleet.env"
     fi
     if [ "$(id -u)" = 0 ]; then
