@@ -21,10 +21,16 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from edge_agent.contracts.payloads import PayloadError, ResultPayload, StatusPayload, decode
+from edge_agent.contracts.payloads import (
+    HeartbeatPayload,
+    PayloadError,
+    ResultPayload,
+    StatusPayload,
+    decode,
+)
 from edge_agent.contracts.topics import DeviceTopics, fleet_filter
 from edge_agent.mqtt import MqttClient, MqttSettings
-from fleet.broker import INSTALL_HINT, MosquittoProcess, find_mosquitto
+from fleet.broker import INSTALL_HINT, MosquittoProcess, find_mosquitto, free_port
 
 __all__ = ["run_demo"]
 
@@ -70,7 +76,7 @@ def _program(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
-def _agent_config(workdir: Path, port: int, bundle: Path) -> Path:
+def _agent_config(workdir: Path, port: int, bundle: Path, metrics_port: int) -> Path:
     path = workdir / "agent.toml"
     path.write_text(
         f"""topic_prefix = "{PREFIX}"
@@ -96,9 +102,45 @@ asset_level = 2
 
 [heartbeat]
 interval_s = 5
+
+[metrics]
+listen = "127.0.0.1:{metrics_port}"
 """
     )
     return path
+
+
+def _health_line(beat: HeartbeatPayload) -> str:
+    """The agent's heartbeat as one line: what a dashboard would chart."""
+    counters, gauges = beat.counters, beat.gauges
+    refused = sum(v for k, v in counters.items() if k.startswith("rejects."))
+    return (
+        f"  health: {counters.get('inference.windows', 0):g} windows, "
+        f"p99 {gauges.get('inference.p99_ms', 0):.3f} ms, "
+        f"outbox {gauges.get('outbox.rows', 0):g} rows waiting, {refused:g} inputs refused"
+    )
+
+
+def _show(topic: str, payload: bytes, topics: DeviceTopics, started: float) -> int:
+    """Print one message the agent published; 1 if it was a result."""
+    try:
+        if topic == topics.status:
+            _say(f"  status: {decode(StatusPayload, payload).state}")
+            return 0
+        if topic == topics.heartbeat:
+            _say(_health_line(decode(HeartbeatPayload, payload)))
+            return 0
+        result = decode(ResultPayload, payload)
+    except PayloadError as err:
+        _say(f"  (skipped a message on {topic}: {err})")
+        return 0
+    worn = float(result.outputs.get("probabilities_worn", math.nan))
+    bar = "#" * round(worn * 20)
+    _say(
+        f"{time.monotonic() - started:6.1f}  {result.asset:<8} {worn:8.3f}  "
+        f"{result.outputs.get('label')!s:<8} {result.latency_ms:.2f} ms  {bar}"
+    )
+    return 1
 
 
 async def _live(port: int, stop: asyncio.Event, duration: float | None) -> int:
@@ -108,6 +150,7 @@ async def _live(port: int, stop: asyncio.Event, duration: float | None) -> int:
     topics = DeviceTopics(PREFIX, SITE, DEVICE)
     client.add_subscription(fleet_filter(PREFIX, "results", site=SITE), 1)
     client.add_subscription(topics.status, 1)
+    client.add_subscription(topics.heartbeat, 1)
     await client.start()
     await client.wait_subscribed(10)
     rng = np.random.default_rng()
@@ -139,22 +182,7 @@ async def _live(port: int, stop: asyncio.Event, duration: float | None) -> int:
             except TimeoutError:
                 continue
             for message in batch:
-                if message.topic == topics.status:
-                    with contextlib.suppress(PayloadError):
-                        _say(f"  status: {decode(StatusPayload, message.payload).state}")
-                    continue
-                try:
-                    result = decode(ResultPayload, message.payload)
-                except PayloadError as err:
-                    _say(f"  (skipped a result: {err})")
-                    continue
-                results += 1
-                worn = float(result.outputs.get("probabilities_worn", math.nan))
-                bar = "#" * round(worn * 20)
-                _say(
-                    f"{time.monotonic() - started:6.1f}  {result.asset:<8} {worn:8.3f}  "
-                    f"{result.outputs.get('label')!s:<8} {result.latency_ms:.2f} ms  {bar}"
-                )
+                results += _show(message.topic, message.payload, topics, started)
     finally:
         publisher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -192,10 +220,10 @@ def run_demo(workdir: Path | None = None, duration: float | None = None) -> int:
         _say("[3/4] starting edge-agent ...")
         log = (workdir / "agent.log").open("wb")
         stack.callback(log.close)
+        metrics_port = free_port()
+        config = _agent_config(workdir, broker.port, bundle, metrics_port)
         agent = subprocess.Popen(
-            _program(
-                "edge_agent", "run", "--config", str(_agent_config(workdir, broker.port, bundle))
-            ),
+            _program("edge_agent", "run", "--config", str(config)),
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -206,6 +234,7 @@ def run_demo(workdir: Path | None = None, duration: float | None = None) -> int:
                 agent.wait(30)
 
         stack.callback(stop_agent)
+        _say(f"      metrics: http://127.0.0.1:{metrics_port}/metrics (Prometheus text)")
         _say(f"[4/4] live predictions (agent log: {workdir / 'agent.log'}); Ctrl-C stops\n")
 
         async def main() -> int:

@@ -15,6 +15,8 @@ def test_demo_shows_live_predictions_and_stops_cleanly(tmp_path: Path) -> None:
     out = result.stdout
     assert "pump-1" in out and "pump-2" in out
     assert "healthy" in out
+    assert "health:" in out and "windows" in out  # the agent's heartbeat, every 5 s
+    assert "/metrics" in out
     assert "pump-gateway-1" in out and "online" in out  # the fleet's device table
     assert "stopped cleanly" in out
     assert "Traceback" not in (tmp_path / "agent.log").read_text()
