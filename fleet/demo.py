@@ -254,6 +254,7 @@ def run_demo(workdir: Path | None = None, duration: float | None = None) -> int:
                 PREFIX,
                 "devices",
                 "list",
+                "--live",
             ),
             check=False,
         )

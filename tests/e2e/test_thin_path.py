@@ -29,6 +29,7 @@ def _fleet_devices(port: int, prefix: str) -> list[dict[str, object]]:
         prefix,
         "devices",
         "list",
+        "--live",
         "--json",
         check=True,
     )
@@ -135,6 +136,7 @@ def test_convert_serve_and_list(
             topic_prefix,
             "devices",
             "list",
+            "--live",
             check=True,
         )
         assert (
