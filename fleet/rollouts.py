@@ -354,7 +354,7 @@ class RolloutDriver:
             changes["state"] = "activating"
         elif ack.step == "active":
             # Already running this version (the desired state asked for what it has): done.
-            already = ack.previous_version == rollout.version
+            already = ack.previous_version == rollout.version or ack.details.get("already") == 1
             changes["state"] = "done" if already else "active"
         elif ack.step == "kept":
             changes["state"] = "done"

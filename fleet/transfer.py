@@ -22,12 +22,14 @@ DEFAULT_CHUNK_SIZE = 64 * 1024
 
 
 def parse_have_chunks(value: object) -> set[int]:
-    """The chunk indexes a device says it holds: ``"0,1,5"``, a single number, or nothing.
+    """The chunk indexes a device says it holds: ``[0, 1, 5]``, ``"0,1,5"``, one number, or none.
 
     Anything unreadable counts as "holds nothing", so the worst case is sending chunks again.
     """
     if isinstance(value, bool):
         return set()
+    if isinstance(value, list):
+        return {i for i in value if isinstance(i, int) and not isinstance(i, bool) and i >= 0}
     if isinstance(value, int):
         return {value} if value >= 0 else set()
     if not isinstance(value, str):
