@@ -389,6 +389,7 @@ def _settings(
 
 
 def _serve(args: argparse.Namespace, registry: Registry) -> int:
+    from edge_agent.systemd import SystemdNotifier
     from fleet.drift import drift_gate
     from fleet.serve import FleetServer
 
@@ -412,17 +413,23 @@ def _serve(args: argparse.Namespace, registry: Registry) -> int:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
         ready = asyncio.Event()
-        waiter = asyncio.create_task(ready.wait(), name="fleet-ready-log")
-        waiter.add_done_callback(
-            lambda _task: logging.getLogger("fleet").info(
-                "Fleet worker serving prefix %r on %s%s",
-                args.prefix,
-                server.client.settings.describe(),
-                f" (share group {args.share_group})" if args.share_group else "",
-            )
-        )
-        await server.run(stop, ready)
-        waiter.cancel()
+        notifier = SystemdNotifier()
+
+        def serving(_task: object) -> None:
+            text = f"serving prefix {args.prefix!r} on {server.client.settings.describe()}"
+            if args.share_group:
+                text += f" (share group {args.share_group})"
+            logging.getLogger("fleet").info("Fleet worker %s", text)
+            notifier.ready(text)  # the systemd unit is Type=notify
+
+        waiter = asyncio.create_task(ready.wait(), name="fleet-ready")
+        waiter.add_done_callback(serving)
+        try:
+            await server.run(stop, ready)
+        finally:
+            waiter.cancel()
+            notifier.stopping("stopping")
+            notifier.close()
 
     asyncio.run(run())
     return 0

@@ -51,12 +51,14 @@ def signed_bundle(path: Path, key: Path, *, version: str, name: str = "linear") 
 class FleetServe:
     """``fleet serve`` as a subprocess; its log in ``log``."""
 
-    def __init__(self, base_args: list[str], log: Path, *extra: str) -> None:
+    def __init__(
+        self, base_args: list[str], log: Path, *extra: str, env: dict[str, str] | None = None
+    ) -> None:
         self.log = log
         with log.open("ab") as out:
             self.process = subprocess.Popen(
                 command("fleet", *base_args, "serve", "--tick", "0.2", *extra),
-                env=program_env(),
+                env=program_env(env),
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 import time
 from pathlib import Path
 
@@ -67,3 +68,21 @@ def test_two_workers_share_the_ingest_without_loss_or_duplicates(
     assert "Traceback" not in "".join(logs)
     with SqliteRegistry(db) as registry:
         assert len(registry.drift()) == 200
+
+
+def test_serve_tells_systemd_it_is_ready_and_stops_cleanly(
+    tmp_path: Path, broker: Mosquitto, topic_prefix: str
+) -> None:
+    notify = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind(str(notify))
+        listener.settimeout(60)
+        args = ["--broker", f"127.0.0.1:{broker.port}", "--prefix", topic_prefix,
+                "--registry", str(tmp_path / "fleet.db")]  # fmt: skip
+        server = FleetServe(args, tmp_path / "serve.log", env={"NOTIFY_SOCKET": str(notify)})
+        try:
+            message = listener.recv(4096).decode()
+            assert "READY=1" in message and topic_prefix in message
+        finally:
+            assert server.stop() == 0
+        assert "STOPPING=1" in listener.recv(4096).decode()
