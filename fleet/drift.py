@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass
-from functools import reduce
 
 from edge_agent.contracts.drift import merge_summaries
 from edge_agent.contracts.payloads import FeatureSummary
@@ -95,9 +94,11 @@ def _rows(registry: Registry, records: list[DriftRecord]) -> list[DriftRow]:
         section = baseline.get("features" if kind == "feature" else "outputs")
         reference = section.get(name) if isinstance(section, dict) else None
         try:
-            merged = reduce(merge_summaries, [summary for _device, summary in entries])
+            merged = merge_summaries(summary for _device, summary in entries)
         except ValueError:
             continue  # summaries from different baselines under one version: not comparable
+        if merged is None:
+            continue
         score = scores(merged, reference if isinstance(reference, dict) else None)
         rows.append(
             DriftRow(

@@ -1,18 +1,19 @@
 """Merging drift summaries: windows and devices add up exactly, so the fleet sees one picture.
 
 Bins and counts add; min and max take the extremes; mean and M2 combine with Chan's parallel
-formula. Merging is commutative and associative, so the order summaries arrive in does not matter;
-fold many with ``functools.reduce(merge_summaries, summaries)``.
+formula. Merging is commutative and associative, so the order summaries arrive in does not matter.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from edge_agent.contracts.payloads import FeatureSummary
 
-__all__ = ["merge_summaries"]
+__all__ = ["merge_pair", "merge_summaries"]
 
 
-def merge_summaries(a: FeatureSummary, b: FeatureSummary) -> FeatureSummary:
+def merge_pair(a: FeatureSummary, b: FeatureSummary) -> FeatureSummary:
     """The summary of the union of two windows' values.
 
     Raises ValueError when the two were binned on different edges (different bin counts).
@@ -42,3 +43,14 @@ def merge_summaries(a: FeatureSummary, b: FeatureSummary) -> FeatureSummary:
         mean=mean,
         m2=m2,
     )
+
+
+def merge_summaries(summaries: Iterable[FeatureSummary]) -> FeatureSummary | None:
+    """One summary equal to having seen every value of ``summaries``; None when there are none.
+
+    Raises ValueError when two summaries have different numbers of bins.
+    """
+    merged: FeatureSummary | None = None
+    for summary in summaries:
+        merged = summary if merged is None else merge_pair(merged, summary)
+    return merged

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from functools import reduce
-
 import numpy as np
 import pytest
 
 from edge_agent.contracts.baseline import bin_counts
-from edge_agent.contracts.drift import merge_summaries
+from edge_agent.contracts.drift import merge_pair, merge_summaries
 from edge_agent.contracts.payloads import FeatureSummary
 
 EDGES = [-1.0, 0.0, 1.0]
@@ -28,7 +26,8 @@ def _summary(values: np.ndarray) -> FeatureSummary:
 def test_merging_windows_equals_summarising_them_at_once() -> None:
     rng = np.random.default_rng(3)
     parts = [rng.normal(i, 1 + i, size=50 + 10 * i) for i in range(4)]
-    merged = reduce(merge_summaries, [_summary(p) for p in parts])
+    merged = merge_summaries(_summary(p) for p in parts)
+    assert merged is not None
     whole = _summary(np.concatenate(parts))
     assert merged.bins == whole.bins and merged.count == whole.count
     assert merged.min == whole.min and merged.max == whole.max
@@ -40,7 +39,8 @@ def test_different_bins_are_refused_and_empty_windows_merge() -> None:
     one = _summary(np.array([0.5]))
     other = FeatureSummary(bins=[1, 0], count=1, mean=0.5)
     with pytest.raises(ValueError, match="different"):
-        merge_summaries(one, other)
+        merge_pair(one, other)
     empty = FeatureSummary(bins=[0, 0, 0, 0], count=0, missing=3)
-    both = merge_summaries(empty, one)
+    both = merge_pair(empty, one)
+    assert merge_summaries([]) is None
     assert both.count == 1 and both.missing == 3 and both.mean == 0.5
