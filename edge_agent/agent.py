@@ -73,8 +73,9 @@ class Agent:
             max_inflight=config.outbox.max_inflight,
         )
         self.sink = MqttSink(self.uplink)
+        shared: dict[str, object] = {}
         self.sources: list[Source] = [
-            build_source(source, config, self.health) for source in config.sources
+            build_source(source, config, self.health, shared) for source in config.sources
         ]
         self.buffer: SqliteBuffer | None = None
         self._db = ThreadPoolExecutor(1, thread_name_prefix="outbox")

@@ -87,6 +87,10 @@ def _run(config_path: Path, config: AgentConfig, log_level: str) -> int:
     logging.basicConfig(
         level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    if log_level != "DEBUG":
+        # asyncua logs every publish, and every failed request of an outage with a traceback;
+        # the OPC-UA source reports an outage itself, once when it starts and once when it ends.
+        logging.getLogger("asyncua").setLevel(logging.CRITICAL)
 
     async def serve() -> None:
         await AgentService(config_path, config).run()

@@ -18,13 +18,21 @@ from edge_agent.mqtt import MqttSettings
 __all__ = [
     "AgentConfig",
     "BrokerConfig",
+    "CodecConfig",
     "DeviceConfig",
     "HeartbeatConfig",
+    "JsonBatchCodec",
+    "JsonObjectCodec",
     "JsonRecordCodec",
     "MetricsConfig",
     "ModelConfig",
     "MqttSourceConfig",
+    "NumberCodec",
+    "OpcUaSecurity",
+    "OpcUaSourceConfig",
+    "OpcUaTagConfig",
     "OutboxConfig",
+    "SimulatedSourceConfig",
     "SourceConfig",
     "TlsConfig",
     "WindowsConfig",
@@ -169,13 +177,53 @@ class WindowsConfig(_Section):
 
 
 class JsonRecordCodec(_Section):
-    """One message is one row: a JSON object whose keys are feature names."""
+    """One message is one row: a JSON object whose keys are tag names."""
 
     type: Literal["json_record"] = "json_record"
     timestamp_field: str | None = "ts"
 
 
-Codec = Annotated[JsonRecordCodec, Field(discriminator="type")]
+class _JsonPaths(_Section):
+    """Where a reading's fields are in a JSON object: dotted paths such as ``data.value``."""
+
+    value_path: str = "value"
+    tag_path: str | None = None  # the tag name from the payload ...
+    tag_level: int | None = Field(None, ge=0)  # ... or from this topic level (0-based)
+    timestamp_path: str | None = "ts"  # absent in a message: the time of receipt
+    timestamp_unit: Literal["s", "ms", "iso"] = "s"
+    quality_path: str | None = None  # "good", "uncertain", "bad" or a boolean
+
+    @model_validator(mode="after")
+    def _tag_named(self) -> _JsonPaths:
+        if (self.tag_path is None) == (self.tag_level is None):
+            raise ValueError("give exactly one of tag_path or tag_level")
+        return self
+
+
+class JsonObjectCodec(_JsonPaths):
+    """One reading per message: a JSON object."""
+
+    type: Literal["json_object"]
+
+
+class JsonBatchCodec(_JsonPaths):
+    """Many readings per message: a JSON array of objects, or an array at ``items_path``."""
+
+    type: Literal["json_batch"]
+    items_path: str | None = None
+
+
+class NumberCodec(_Section):
+    """The payload is one number as text; the tag name is a topic level."""
+
+    type: Literal["number"]
+    tag_level: int = Field(ge=0)
+
+
+CodecConfig = Annotated[
+    JsonRecordCodec | JsonObjectCodec | JsonBatchCodec | NumberCodec,
+    Field(discriminator="type"),
+]
 
 
 class MqttSourceConfig(_Section):
@@ -183,7 +231,7 @@ class MqttSourceConfig(_Section):
     name: str = "mqtt"
     topics: list[str] = Field(min_length=1)
     qos: Literal[0, 1] = 1
-    codec: Codec = Field(default_factory=JsonRecordCodec)
+    codec: CodecConfig = Field(default_factory=JsonRecordCodec)
     asset: str | None = None  # a fixed asset name for every reading
     asset_level: int | None = Field(None, ge=0)  # or the topic level (0-based) naming it
     broker: BrokerConfig | None = None  # default: the agent's own broker
@@ -196,7 +244,100 @@ class MqttSourceConfig(_Section):
         return self
 
 
-SourceConfig = Annotated[MqttSourceConfig, Field(discriminator="type")]
+class OpcUaSecurity(_Section):
+    """How to reach a secured server. Secrets come from the environment or systemd credentials."""
+
+    policy: Literal["None", "Basic256Sha256"] = "Basic256Sha256"
+    mode: Literal["Sign", "SignAndEncrypt"] = "SignAndEncrypt"
+    certificate: Path | None = None  # this client's certificate (DER or PEM)
+    private_key: Path | None = None
+    server_certificate: Path | None = None  # pin the server's certificate
+    username: str | None = None
+    password_env: str | None = None
+    password_credential: str | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> OpcUaSecurity:
+        if self.policy == "Basic256Sha256" and (
+            self.certificate is None or self.private_key is None
+        ):
+            raise ValueError("Basic256Sha256 needs certificate and private_key")
+        if self.password_env and self.password_credential:
+            raise ValueError("give password_env or password_credential, not both")
+        if (self.password_env or self.password_credential) and self.username is None:
+            raise ValueError("a password needs a username")
+        return self
+
+
+class OpcUaTagConfig(_Section):
+    """One PLC tag: a node id (``ns=2;s=Machine.Speed``) or a browse path from Objects
+    (``2:Machine/2:Speed``), read into the tag ``name``."""
+
+    name: str = Field(min_length=1)
+    node_id: str | None = None
+    browse_path: str | None = None
+    sampling_interval_ms: float | None = Field(None, ge=0)  # default: the source's
+    deadband: float | None = Field(None, ge=0)  # default: the source's
+    deadband_type: Literal["absolute", "percent"] = "absolute"
+
+    @model_validator(mode="after")
+    def _addressed(self) -> OpcUaTagConfig:
+        if (self.node_id is None) == (self.browse_path is None):
+            raise ValueError("give exactly one of node_id or browse_path")
+        return self
+
+
+class OpcUaSourceConfig(_Section):
+    type: Literal["opcua"]
+    name: str = "opcua"
+    url: str = Field(pattern=r"^opc\.tcp://")
+    asset: str  # the machine these tags describe
+    tags: list[OpcUaTagConfig] = Field(min_length=1)
+    publishing_interval_ms: float = Field(500.0, gt=0)
+    sampling_interval_ms: float = Field(100.0, ge=0)
+    deadband: float = Field(0.0, ge=0)
+    queue_size: int = Field(
+        10, ge=1, le=10_000
+    )  # values the server keeps per tag between publishes
+    timestamp: Literal["source", "server"] = "source"
+    security: OpcUaSecurity | None = None
+    reconnect_min_s: float = Field(1.0, gt=0)
+    reconnect_max_s: float = Field(30.0, gt=0)
+    # No data from any tag this long: check the server, then re-create the subscription. 0: off.
+    watchdog_s: float = Field(60.0, ge=0)
+
+    @model_validator(mode="after")
+    def _unique_tags(self) -> OpcUaSourceConfig:
+        names = [tag.name for tag in self.tags]
+        if len(set(names)) != len(names):
+            raise ValueError("tag names must be unique within a source")
+        return self
+
+
+class SimulatedSourceConfig(_Section):
+    """Readings made up on the device, for demos and tests: a pump whose bearing wears, or a
+    CSV file replayed row by row (a header names the tags; a ``ts`` column is ignored)."""
+
+    type: Literal["simulated"]
+    name: str = "simulated"
+    asset: str = "pump-1"
+    signal: Literal["pump", "csv"] = "pump"
+    csv: Path | None = None
+    interval_s: float = Field(1.0, gt=0)
+    wear_period_s: float = Field(600.0, gt=0)  # pump: new bearing to worn out, then again
+    loop: bool = True  # csv: start again at the end
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _csv_named(self) -> SimulatedSourceConfig:
+        if (self.signal == "csv") != (self.csv is not None):
+            raise ValueError("signal = csv goes with csv = <file>, and only then")
+        return self
+
+
+SourceConfig = Annotated[
+    MqttSourceConfig | OpcUaSourceConfig | SimulatedSourceConfig, Field(discriminator="type")
+]
 
 
 class OutboxConfig(_Section):

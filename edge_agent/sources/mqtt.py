@@ -77,7 +77,7 @@ class MqttSource:
             raise InputRejected(
                 "oversized", f"payload of {len(message.payload)} bytes exceeds {limit} bytes"
             )
-        samples = self._codec.decode(message.payload)
+        samples = self._codec.decode(message.payload, message.topic)
         asset = self._config.asset
         if asset is None:
             levels = message.topic.split("/")

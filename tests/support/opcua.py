@@ -7,6 +7,7 @@ subprocesses can use it alike; ``write`` changes a tag's value as a PLC would.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import threading
 from collections.abc import Coroutine
@@ -90,10 +91,23 @@ class OpcUaTestServer:
     def stop(self) -> None:
         self._call(self._stop())
 
-    def write(self, tag: str, value: float, status: ua.StatusCode | None = None) -> None:
+    def write(
+        self,
+        tag: str,
+        value: float,
+        status: ua.StatusCode | None = None,
+        ts: float | None = None,
+    ) -> None:
+        """Write a value, with ``ts`` (epoch seconds) as its source timestamp when given."""
+
         async def write() -> None:
             variant = ua.Variant(float(value), ua.VariantType.Double)
-            data = ua.DataValue(variant, StatusCode=status or ua.StatusCode(ua.StatusCodes.Good))
+            source_ts = dt.datetime.fromtimestamp(ts, dt.UTC) if ts is not None else None
+            data = ua.DataValue(
+                variant,
+                StatusCode=status or ua.StatusCode(ua.StatusCodes.Good),
+                SourceTimestamp=source_ts,
+            )
             await self._nodes[tag].write_value(data)
 
         self._call(write())
