@@ -109,22 +109,22 @@ def features_from_names(names: Sequence[str]) -> list[WindowFeature]:
 
 
 def _mean(values: list[float]) -> float:
-    return math.fsum(values) / len(values)
+    return sum(values) / len(values)
 
 
 def _std(values: list[float]) -> float:
     mean = _mean(values)
-    return math.sqrt(math.fsum((v - mean) ** 2 for v in values) / len(values))
+    return math.sqrt(sum((v - mean) * (v - mean) for v in values) / len(values))
 
 
 def _slope(points: Sequence[tuple[float, float]]) -> float:
     times = [ts for ts, _value in points]
     t_mean = _mean(times)
     v_mean = _mean([value for _ts, value in points])
-    spread = math.fsum((t - t_mean) ** 2 for t in times)
+    spread = sum((t - t_mean) * (t - t_mean) for t in times)
     if spread == 0:
         return 0.0
-    return math.fsum((t - t_mean) * (v - v_mean) for t, v in points) / spread
+    return sum((t - t_mean) * (v - v_mean) for t, v in points) / spread
 
 
 _OVER_VALUES: dict[str, Callable[[list[float]], float]] = {
@@ -133,7 +133,7 @@ _OVER_VALUES: dict[str, Callable[[list[float]], float]] = {
     "std": _std,
     "min": min,
     "max": max,
-    "rms": lambda values: math.sqrt(math.fsum(v * v for v in values) / len(values)),
+    "rms": lambda values: math.sqrt(sum(v * v for v in values) / len(values)),
     "p2p": lambda values: max(values) - min(values),
 }
 
@@ -424,6 +424,9 @@ class FeatureWindowBuilder:
                 return None
             values.append(value)
             filled.append(feature.name)
+        if not all(math.isfinite(value) for value in values):
+            self._count("windows.non_finite", 1)  # finite samples whose aggregate overflowed
+            return None
         if filled:
             self._count(f"windows.filled_{self.missing}", 1)
         self._count("windows.built", 1)
