@@ -35,7 +35,8 @@ from edge_agent.contracts.payloads import (
 from edge_agent.contracts.topics import DeviceTopics
 from edge_agent.errors import InputRejected, ModelError, OutboxError, PartialWriteError
 from edge_agent.health import Health
-from edge_agent.model import LoadedModel, load_model
+from edge_agent.lifecycle import ModelLifecycle
+from edge_agent.model import LoadedModel
 from edge_agent.mqtt import MqttClient
 from edge_agent.sinks.mqtt import MqttSink
 from edge_agent.sources import Source, build_source
@@ -62,9 +63,12 @@ class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         self.health = Health()
-        self.model: LoadedModel | None = None
         device = config.device
         self.topics = DeviceTopics(config.topic_prefix, device.site, device.id)
+        # The one place the serving model is reached: a swap lands between two batches.
+        self.lifecycle = ModelLifecycle(
+            config, self.topics, self.health, send=self._store_records, on_swap=self._publish_online
+        )
         status_will = self._status("offline").to_json()
         self.uplink = MqttClient(
             config.broker.settings(device_id=device.id, role="uplink"),
@@ -107,22 +111,15 @@ class Agent:
         self.health.gauge("outbox.dropped", lambda: buffer.dropped)
         self.health.gauge("queue.windows", lambda: len(self._windows))
         self.uplink.on_connect(self._publish_online)
+        # Retained desired state arrives on every (re)connect: that is what reconciles it.
+        for control_topic in (self.topics.desired, self.topics.cmd, self.topics.transfer):
+            self.uplink.add_subscription(control_topic, 1)
         await self.uplink.start()
 
-        model_config = config.model
-        self.model = await asyncio.get_running_loop().run_in_executor(
-            self._inference,
-            lambda: load_model(
-                model_config.bundle,
-                public_key=model_config.public_key,
-                runner=model_config.runner,
-                threads=model_config.threads,
-                expected_features=model_config.features,
-            ),
-        )
-        logger.info("Model %s loaded (%s)", self.model.manifest.label, self.model.runner.format)
+        model = await self.lifecycle.start()
+        logger.info("Model %s loaded (%s)", model.manifest.label, model.runner.format)
         self._builder = build_window_builder(
-            config.windows, self.model.manifest, self.model.baseline_means(), self.health.count
+            config.windows, model.manifest, model.baseline_means(), self.health.count
         )
 
         try:
@@ -132,6 +129,8 @@ class Agent:
                 group.create_task(self._heartbeat(), name="heartbeat")
                 group.create_task(self._window_clock(), name="window-clock")
                 group.create_task(self._write_status_file(), name="status-file")
+                group.create_task(self.lifecycle.run(), name="lifecycle")
+                group.create_task(self._control(), name="control")
                 readers = []
                 for source in self.sources:
                     await source.start()
@@ -161,6 +160,7 @@ class Agent:
                 self._sources_done = True
                 self._windows_ready.set()
                 await infer
+                await self.lifecycle.stop()
                 await self._drain_outbox(DRAIN_TIMEOUT_S)
                 raise _Stopped
         except* _Stopped:
@@ -180,6 +180,7 @@ class Agent:
             await self._on_db(self.buffer.close)
         self._db.shutdown(wait=True)
         self._inference.shutdown(wait=True)
+        self.lifecycle.close()
         self._write_status_snapshot()
 
     # ---------------------------------------------------------------------------- the stages
@@ -245,6 +246,7 @@ class Agent:
                 self.inference_busy_since = None
                 self.health.count("inference.errors", len(batch))
                 self.health.problem_once("inference", "Inference failed: %s", err)
+                self.lifecycle.observe_error(model, len(batch))
                 for window in batch:
                     for reading in window.readings:
                         reading.acknowledge()
@@ -254,6 +256,7 @@ class Agent:
             self.health.inference.add(latency)
             self.health.count("inference.windows", len(batch))
             self.health.count("inference.batches")
+            self.lifecycle.observe(model, rows, outputs, latency)
             try:
                 await self._on_db(partial(self._store_results, model, batch, outputs, latency))
             except OutboxError as err:
@@ -338,6 +341,24 @@ class Agent:
             self.health.count("outbox.delivered", len(accepted))
             await self._on_db(partial(buffer.accept, accepted))
 
+    async def _store_records(
+        self, items: list[tuple[str, Callable[..., SequencedPayload]]]
+    ) -> None:
+        """Store acks, drift summaries and alerts in the outbox (they must arrive)."""
+        try:
+            await self._on_db(partial(self._enqueue, items))
+        except OutboxError as err:
+            self.health.count("outbox.write_errors", len(items))
+            self.health.problem_once("outbox", "Records not stored: %s", err)
+            return
+        self._outbox_changed.set()
+
+    async def _control(self) -> None:
+        """Hand every message of the control topics to the lifecycle, one at a time, in order."""
+        while True:
+            for message in await self.uplink.messages():
+                await self.lifecycle.handle(message)
+
     async def _drain_outbox(self, timeout: float) -> None:
         buffer = self.buffer
         assert buffer is not None
@@ -374,6 +395,11 @@ class Agent:
             await asyncio.sleep(1.0)
 
     # ------------------------------------------------------------------------------ helpers
+
+    @property
+    def model(self) -> LoadedModel | None:
+        """The serving model (None before start)."""
+        return self.lifecycle.model
 
     def status_snapshot(self) -> dict[str, object]:
         counters, gauges = self.health.snapshot()

@@ -20,10 +20,12 @@ __all__ = [
     "BrokerConfig",
     "CodecConfig",
     "DeviceConfig",
+    "DriftConfig",
     "HeartbeatConfig",
     "JsonBatchCodec",
     "JsonObjectCodec",
     "JsonRecordCodec",
+    "LifecycleConfig",
     "MetricsConfig",
     "ModelConfig",
     "MqttSourceConfig",
@@ -374,6 +376,28 @@ class MetricsConfig(_Section):
         return int(self.listen.rpartition(":")[2])
 
 
+class LifecycleConfig(_Section):
+    """How the agent takes new models: the store, shadow runs and the grace period's gates."""
+
+    keep_previous: int = Field(2, ge=0, le=100)  # versions kept on disk besides the active one
+    grace_s: float = Field(60.0, ge=0)  # default when the command does not say
+    shadow_windows: int = Field(0, ge=0)  # default when the command does not say
+    shadow_min_agreement: float = Field(0.0, ge=0, le=1)  # below this the shadow step refuses
+    max_error_rate: float = Field(0.01, ge=0, le=1)  # failed windows / windows during grace
+    min_windows: int = Field(20, ge=1)  # windows before the latency and output gates judge
+    latency_p99_ratio: float = Field(3.0, ge=1)  # new p99 against the previous model's
+    latency_floor_ms: float = Field(2.0, ge=0)  # p99 differences below this never fail
+    output_psi_alert: float | None = Field(None, gt=0)  # default: the bundle's psi_alert
+
+
+class DriftConfig(_Section):
+    """Drift summaries against the bundle's baseline, one per window."""
+
+    enabled: bool = True
+    window_s: float = Field(300.0, gt=0)
+    min_count: int = Field(100, ge=1)  # windows with fewer values are summarized but not leveled
+
+
 class AgentConfig(_Section):
     device: DeviceConfig
     broker: BrokerConfig = Field(default_factory=BrokerConfig)
@@ -384,6 +408,8 @@ class AgentConfig(_Section):
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     heartbeat: HeartbeatConfig = Field(default_factory=HeartbeatConfig)
     metrics: MetricsConfig | None = None  # off unless configured
+    lifecycle: LifecycleConfig = Field(default_factory=LifecycleConfig)
+    drift: DriftConfig = Field(default_factory=DriftConfig)
 
     @model_validator(mode="after")
     def _unique_source_names(self) -> AgentConfig:

@@ -27,6 +27,9 @@ class LatencyWindow:
     def add(self, seconds: float) -> None:
         self._values.append(seconds)
 
+    def __len__(self) -> int:
+        return len(self._values)
+
     def percentiles_ms(self) -> tuple[float, float]:
         if not self._values:
             return (0.0, 0.0)
