@@ -1,15 +1,17 @@
 """``fleet demo``: the whole story on one machine, on embedded defaults.
 
-A broker, a simulated pump whose bearing wears, a model trained and bundled by ``edge-convert``,
-an ``edge-agent`` serving it, and its live predictions in the terminal. Ctrl-C stops it cleanly.
+A broker, two pumps served over OPC-UA (one whose bearing wears), a model trained on their
+window features and bundled by ``edge-convert``, an ``edge-agent`` reading the pumps' tags,
+building two-second windows and serving the model, and its live predictions and health in the
+terminal. Ctrl-C stops it cleanly.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import math
+import random
 import signal
 import subprocess
 import sys
@@ -30,28 +32,46 @@ from edge_agent.contracts.payloads import (
 )
 from edge_agent.contracts.topics import DeviceTopics, fleet_filter
 from edge_agent.mqtt import MqttClient, MqttSettings
+from edge_agent.sources.simulated import PUMP_TAGS, pump_values
 from fleet.broker import INSTALL_HINT, MosquittoProcess, find_mosquitto, free_port
+from fleet.demo_plant import PumpPlant
 
 __all__ = ["run_demo"]
 
-FEATURES = ["temperature", "vibration", "pressure"]
+# The model's inputs: aggregations of the pumps' tags over each window (names read by the agent).
+FEATURES = ["temperature_mean", "vibration_rms", "pressure_last"]
 PREFIX = "demo"
 SITE = "plant-demo"
 DEVICE = "pump-gateway-1"
-ASSETS = ["pump-1", "pump-2"]
+# Seconds from a new bearing to a worn one: pump-1 stays healthy, pump-2 wears out in a minute.
+WEAR_PERIODS = {"pump-1": 1e9, "pump-2": 60.0}
+WINDOW_S = 2.0
+SAMPLE_S = 0.25
+STARTUP_TIMEOUT_S = 120.0
 
 
 def _say(text: str) -> None:
     print(text, flush=True)
 
 
-def _pump_rows(wear: npt.NDArray[np.float64], rng: np.random.Generator) -> npt.NDArray[np.float64]:
-    """Pump readings: a worn bearing runs hotter and shakes more."""
-    n = len(wear)
-    temperature = 60 + 15 * wear + rng.normal(0, 1.5, n)
-    vibration = 0.2 + 0.8 * wear**2 + rng.normal(0, 0.05, n)
-    pressure = 5 - 0.5 * wear + rng.normal(0, 0.2, n)
-    return np.column_stack([temperature, vibration, pressure])
+def _window_rows(wear: npt.NDArray[np.float64], rng: random.Random) -> npt.NDArray[np.float64]:
+    """Window features of pumps at the given wear, from the plant's own pump model."""
+    period = 100.0
+    rows = []
+    for w in wear:
+        samples = [
+            pump_values(w * period + k * SAMPLE_S, period, rng)
+            for k in range(int(WINDOW_S / SAMPLE_S))
+        ]
+        vibration = np.array([sample["vibration"] for sample in samples])
+        rows.append(
+            [
+                float(np.mean([sample["temperature"] for sample in samples])),
+                float(np.sqrt(np.mean(vibration**2))),
+                samples[-1]["pressure"],
+            ]
+        )
+    return np.asarray(rows)
 
 
 def _train(workdir: Path) -> tuple[Path, Path]:
@@ -60,9 +80,8 @@ def _train(workdir: Path) -> tuple[Path, Path]:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    rng = np.random.default_rng(42)
-    wear = rng.uniform(0, 1, 2000)
-    rows = _pump_rows(wear, rng)
+    wear = np.random.default_rng(42).uniform(0, 1, 2000)
+    rows = _window_rows(wear, random.Random(42))
     labels = np.where(wear > 0.6, "worn", "healthy")
     model = make_pipeline(StandardScaler(), LogisticRegression()).fit(rows, labels)
     model_path = workdir / "pump-health.joblib"
@@ -76,7 +95,28 @@ def _program(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
-def _agent_config(workdir: Path, port: int, bundle: Path, metrics_port: int) -> Path:
+def _agent_config(
+    workdir: Path, port: int, bundle: Path, metrics_port: int, plant: PumpPlant
+) -> Path:
+    sources = []
+    for pump in WEAR_PERIODS:
+        tags = ", ".join(
+            f'{{ name = "{tag}", node_id = "{plant.node_id(pump, tag)}" }}' for tag in PUMP_TAGS
+        )
+        sources.append(
+            f"""[[sources]]
+type = "opcua"
+name = "{pump}-plc"
+url = "{plant.url}"
+asset = "{pump}"
+publishing_interval_ms = 100
+sampling_interval_ms = 0
+queue_size = 100
+reconnect_min_s = 0.5
+reconnect_max_s = 2.0
+tags = [{tags}]
+"""
+        )
     path = workdir / "agent.toml"
     path.write_text(
         f"""topic_prefix = "{PREFIX}"
@@ -92,16 +132,16 @@ port = {port}
 
 [model]
 bundle = "{bundle}"
+public_key = "{bundle.parent / "fleet.pub"}"
 
-[[sources]]
-type = "mqtt"
-name = "pumps"
-topics = ["{PREFIX}-plant/line-1/+/reading"]
-qos = 1
-asset_level = 2
+{"".join(sources)}
+[windows]
+mode = "tumbling"
+length_s = {WINDOW_S}
+allowed_lateness_s = 0.5
 
 [heartbeat]
-interval_s = 5
+interval_s = 3
 
 [metrics]
 listen = "127.0.0.1:{metrics_port}"
@@ -144,7 +184,8 @@ def _show(topic: str, payload: bytes, topics: DeviceTopics, started: float) -> i
 
 
 async def _live(port: int, stop: asyncio.Event, duration: float | None) -> int:
-    """Publish simulated readings and print the agent's results until ``stop``."""
+    """Print the agent's results, status and health until ``stop``, or for ``duration`` seconds
+    from the agent's first result (a loaded machine may take a while to start it)."""
     settings = MqttSettings(host="127.0.0.1", port=port, client_id=f"demo-{uuid.uuid4().hex[:6]}")
     client = MqttClient(settings, name="demo")
     topics = DeviceTopics(PREFIX, SITE, DEVICE)
@@ -153,42 +194,101 @@ async def _live(port: int, stop: asyncio.Event, duration: float | None) -> int:
     client.add_subscription(topics.heartbeat, 1)
     await client.start()
     await client.wait_subscribed(10)
-    rng = np.random.default_rng()
-    started = time.monotonic()
+    waiting_since = time.monotonic()
+    first_result: float | None = None
     results = 0
 
-    async def publish() -> None:
-        step = 0
-        while True:
-            for index, asset in enumerate(ASSETS):
-                # pump-2's bearing wears out over the first minute; pump-1 stays healthy.
-                wear = 0.1 if index == 0 else min(1.0, step / 300)
-                row = _pump_rows(np.array([wear]), rng)[0]
-                reading = dict(zip(FEATURES, (round(float(v), 3) for v in row), strict=True))
-                client.publish(
-                    f"{PREFIX}-plant/line-1/{asset}/reading", json.dumps(reading).encode()
-                )
-            step += 1
-            await asyncio.sleep(0.2)
-
-    publisher = asyncio.create_task(publish(), name="demo-publisher")
     _say(f"\n{'time':>6}  {'asset':<8} {'P(worn)':>8}  {'label':<8} latency")
     try:
         while not stop.is_set():
-            if duration is not None and time.monotonic() - started > duration:
+            now = time.monotonic()
+            if first_result is None and now - waiting_since > STARTUP_TIMEOUT_S:
+                _say(f"  no result from the agent in {STARTUP_TIMEOUT_S:.0f} s: see agent.log")
+                break
+            if duration is not None and first_result is not None and now - first_result > duration:
                 break
             try:
                 batch = await asyncio.wait_for(client.messages(), 0.5)
             except TimeoutError:
                 continue
             for message in batch:
-                results += _show(message.topic, message.payload, topics, started)
+                shown = _show(message.topic, message.payload, topics, waiting_since)
+                if shown and first_result is None:
+                    first_result = time.monotonic()
+                results += shown
     finally:
-        publisher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await publisher
         await client.stop()
     return results
+
+
+class _Demo:
+    """The demo's moving parts in one place: the programs it runs, and their clean stop."""
+
+    def __init__(self, workdir: Path, broker_port: int, duration: float | None) -> None:
+        self.workdir = workdir
+        self.broker_port = broker_port
+        self.duration = duration
+        self.plant = PumpPlant(free_port(), WEAR_PERIODS, interval_s=SAMPLE_S)
+        self.metrics_port = free_port()
+        self.fleet_args = [
+            "--broker", f"127.0.0.1:{broker_port}", "--prefix", PREFIX,
+            "--registry", str(workdir / "fleet.db"), "--store", str(workdir / "fleet-bundles"),
+        ]  # fmt: skip
+        self.processes: dict[str, asyncio.subprocess.Process] = {}
+
+    async def start(self, name: str, module: str, *args: str) -> None:
+        """Run a program in the background, its output in ``<workdir>/<name>.log``."""
+        with (self.workdir / f"{name}.log").open("ab") as log:
+            self.processes[name] = await asyncio.create_subprocess_exec(
+                *_program(module, *args), stdout=log, stderr=log
+            )
+
+    async def stop(self, name: str) -> int | None:
+        process = self.processes.get(name)
+        if process is None:
+            return None
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(process.wait(), 30)
+        return process.returncode
+
+    async def fleet(self, *args: str) -> int:
+        """A ``fleet`` command in the foreground, its output on the terminal."""
+        command = await asyncio.create_subprocess_exec(*_program("fleet", *self.fleet_args, *args))
+        return await command.wait()
+
+    async def run(self, bundle: Path, public_key: Path) -> tuple[int, int | None]:
+        """Everything after the bundle; (results seen, the agent's exit code)."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        plant = self.plant
+        config = _agent_config(self.workdir, self.broker_port, bundle, self.metrics_port, plant)
+        try:
+            _say("[3/6] fleet manager: the model published to its registry, `fleet serve`")
+            await self.fleet("models", "publish", str(bundle), "--public-key", str(public_key))
+            await self.start("fleet", "fleet", *self.fleet_args, "serve")
+            await plant.start()
+            _say(f"[4/6] plant: pump-1 and pump-2 on OPC-UA at {plant.url}")
+            _say("      pump-2's bearing wears out over a minute, then is replaced")
+            _say("[5/6] edge-agent: OPC-UA sources, 2 s windows, the signed model")
+            await self.start("agent", "edge_agent", "run", "--config", str(config))
+            _say(f"      metrics: http://127.0.0.1:{self.metrics_port}/metrics (Prometheus)")
+            _say(f"[6/6] live predictions (logs in {self.workdir}); Ctrl-C stops")
+            async with asyncio.TaskGroup() as group:
+                pumps = group.create_task(plant.run(stop), name="demo-plant")
+                results = await _live(self.broker_port, stop, self.duration)
+                stop.set()
+                await pumps
+            _say("\nthe fleet's registry, as `fleet serve` recorded the device:")
+            await self.fleet("devices", "list")
+        finally:
+            # The agent stops (and drains) before its PLC and its manager go.
+            code = await self.stop("agent")
+            await self.stop("fleet")
+            await plant.stop()
+        return results, code
 
 
 def run_demo(workdir: Path | None = None, duration: float | None = None) -> int:
@@ -204,60 +304,22 @@ def run_demo(workdir: Path | None = None, duration: float | None = None) -> int:
         broker = MosquittoProcess(workdir / "broker", binary=binary)
         broker.start()
         stack.callback(broker.stop)
-        _say(f"[1/4] broker: mosquitto on 127.0.0.1:{broker.port}")
+        _say(f"[1/6] broker: mosquitto on 127.0.0.1:{broker.port}")
 
-        _say("[2/4] training a pump-health model (scaler + logistic regression) ...")
+        _say("[2/6] training a pump-health model on 2 s windows, bundled and signed")
         model_path, reference = _train(workdir)
+        keys = workdir / "fleet"
+        subprocess.run(_program("converters", "keygen", "-o", str(keys), "--force"), check=True)
         bundle = workdir / "pump-health-1.bundle"
         subprocess.run(
             _program(
                 "converters", "convert", str(model_path), "--reference", str(reference),
                 "-o", str(bundle), "--name", "pump-health", "--version", "1",
+                "--sign-key", f"{keys}.key",
             ),
             check=True,
         )  # fmt: skip
-
-        _say("[3/4] starting edge-agent ...")
-        log = (workdir / "agent.log").open("wb")
-        stack.callback(log.close)
-        metrics_port = free_port()
-        config = _agent_config(workdir, broker.port, bundle, metrics_port)
-        agent = subprocess.Popen(
-            _program("edge_agent", "run", "--config", str(config)),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-
-        def stop_agent() -> None:
-            if agent.poll() is None:
-                agent.send_signal(signal.SIGTERM)
-                agent.wait(30)
-
-        stack.callback(stop_agent)
-        _say(f"      metrics: http://127.0.0.1:{metrics_port}/metrics (Prometheus text)")
-        _say(f"[4/4] live predictions (agent log: {workdir / 'agent.log'}); Ctrl-C stops\n")
-
-        async def main() -> int:
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(signum, stop.set)
-            return await _live(broker.port, stop, duration)
-
-        results = asyncio.run(main())
-        subprocess.run(
-            _program(
-                "fleet",
-                "--broker",
-                f"127.0.0.1:{broker.port}",
-                "--prefix",
-                PREFIX,
-                "devices",
-                "list",
-                "--live",
-            ),
-            check=False,
-        )
-        stop_agent()
-        _say(f"\nstopped cleanly: {results} results received; agent exit code {agent.returncode}")
-        return 0 if results > 0 and agent.returncode == 0 else 1
+        demo = _Demo(workdir, broker.port, duration)
+        results, code = asyncio.run(demo.run(bundle, Path(f"{keys}.pub")))
+        _say(f"\nstopped cleanly: {results} results received; agent exit code {code}")
+        return 0 if results > 0 and code == 0 else 1

@@ -4,19 +4,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.support.mosquitto import require_mosquitto
 from tests.support.processes import run
 
 
+@pytest.mark.slow
 def test_demo_shows_live_predictions_and_stops_cleanly(tmp_path: Path) -> None:
     require_mosquitto()
-    result = run("fleet", "demo", "--duration", "8", "--workdir", str(tmp_path), timeout=180)
+    result = run("fleet", "demo", "--duration", "12", "--workdir", str(tmp_path), timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert "pump-1" in out and "pump-2" in out
+    assert "on OPC-UA at opc.tcp://127.0.0.1:" in out  # the pumps are served as a PLC would
     assert "healthy" in out
     assert "health:" in out and "windows" in out  # the agent's heartbeat, every 5 s
     assert "/metrics" in out
-    assert "pump-gateway-1" in out and "online" in out  # the fleet's device table
+    table = [line for line in out.splitlines() if line.startswith("plant-demo")]
+    assert table and "pump-gateway-1" in table[0] and "online" in table[0]  # the fleet's view
     assert "stopped cleanly" in out
     assert "Traceback" not in (tmp_path / "agent.log").read_text()
