@@ -12,18 +12,15 @@ import json
 import logging
 import os
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import Literal, TypeVar
+from typing import Literal
 
 import numpy as np
 
 from edge_agent import __version__
-from edge_agent.buffers.base import PendingRecord
-from edge_agent.buffers.sqlite import SqliteBuffer
 from edge_agent.config import AgentConfig
 from edge_agent.contracts.payloads import (
     HeartbeatPayload,
@@ -33,11 +30,12 @@ from edge_agent.contracts.payloads import (
     StatusPayload,
 )
 from edge_agent.contracts.topics import DeviceTopics
-from edge_agent.errors import InputRejected, ModelError, OutboxError, PartialWriteError
+from edge_agent.errors import InputRejected, ModelError, OutboxError
 from edge_agent.health import Health
 from edge_agent.lifecycle import ModelLifecycle
 from edge_agent.model import LoadedModel
 from edge_agent.mqtt import MqttClient
+from edge_agent.outbox import Outbox, OutboxItem
 from edge_agent.sinks.mqtt import MqttSink
 from edge_agent.sources import Source, build_source
 from edge_agent.windows import Window, WindowBuilder, build_window_builder
@@ -45,8 +43,6 @@ from edge_agent.windows import Window, WindowBuilder, build_window_builder
 __all__ = ["Agent"]
 
 logger = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 # Windows waiting for inference before sources are made to wait (back-pressure, not drops).
 MAX_PENDING_WINDOWS = 10_000
@@ -81,13 +77,13 @@ class Agent:
         self.sources: list[Source] = [
             build_source(source, config, self.health, shared) for source in config.sources
         ]
-        self.buffer: SqliteBuffer | None = None
-        self._db = ThreadPoolExecutor(1, thread_name_prefix="outbox")
+        self.outbox = Outbox.from_config(
+            config, self.sink, self.health, alerts_topic=self.topics.alerts
+        )
         self._inference = ThreadPoolExecutor(1, thread_name_prefix="inference")
         self._windows: deque[Window] = deque()
         self._windows_ready = asyncio.Event()
         self._window_space = asyncio.Event()
-        self._outbox_changed = asyncio.Event()
         self._builder: WindowBuilder | None = None
         self._sources_done = False
         self._ready = False
@@ -103,12 +99,7 @@ class Agent:
         """Serve until ``stop`` is set, then drain and stop cleanly."""
         config = self.config
         config.device.state_dir.mkdir(parents=True, exist_ok=True)
-        self.buffer = await self._on_db(
-            lambda: SqliteBuffer(config.outbox_path, max_rows=config.outbox.max_rows)
-        )
-        buffer = self.buffer
-        self.health.gauge("outbox.rows", buffer.rows)
-        self.health.gauge("outbox.dropped", lambda: buffer.dropped)
+        await self.outbox.start()
         self.health.gauge("queue.windows", lambda: len(self._windows))
         self.uplink.on_connect(self._publish_online)
         # Retained desired state arrives on every (re)connect: that is what reconciles it.
@@ -124,7 +115,7 @@ class Agent:
 
         try:
             async with asyncio.TaskGroup() as group:
-                group.create_task(self._forward(), name="outbox-forwarder")
+                group.create_task(self.outbox.run(), name="outbox")
                 infer = group.create_task(self._infer(), name="inference")
                 group.create_task(self._heartbeat(), name="heartbeat")
                 group.create_task(self._window_clock(), name="window-clock")
@@ -161,7 +152,7 @@ class Agent:
                 self._windows_ready.set()
                 await infer
                 await self.lifecycle.stop()
-                await self._drain_outbox(DRAIN_TIMEOUT_S)
+                await self.outbox.drain(DRAIN_TIMEOUT_S)
                 raise _Stopped
         except* _Stopped:
             pass
@@ -176,9 +167,7 @@ class Agent:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(future, STOP_STATUS_TIMEOUT_S)
         await self.uplink.stop()
-        if self.buffer is not None:
-            await self._on_db(self.buffer.close)
-        self._db.shutdown(wait=True)
+        await self.outbox.close()
         self._inference.shutdown(wait=True)
         self.lifecycle.close()
         self._write_status_snapshot()
@@ -258,7 +247,7 @@ class Agent:
             self.health.count("inference.batches")
             self.lifecycle.observe(model, rows, outputs, latency)
             try:
-                await self._on_db(partial(self._store_results, model, batch, outputs, latency))
+                await self.outbox.store(self._result_items(model, batch, outputs, latency))
             except OutboxError as err:
                 self.health.count("outbox.write_errors", len(batch))
                 self.health.problem_once("outbox", "Results not stored: %s", err)
@@ -266,106 +255,50 @@ class Agent:
             for window in batch:
                 for reading in window.readings:
                     reading.acknowledge()
-            self._outbox_changed.set()
 
-    def _store_results(
+    def _result_items(
         self,
         model: LoadedModel,
         batch: list[Window],
         outputs: list[dict[str, OutputValue]],
         latency: float,
-    ) -> None:
-        """On the outbox thread: number, encode and store one batch of results in one commit."""
+    ) -> list[OutboxItem]:
+        """One outbox item per result; the outbox numbers and encodes them in one commit."""
         manifest = model.manifest
         latency_ms = round(latency * 1000 / len(batch), 4)
-        self._enqueue(
-            [
-                (
-                    self.topics.results(window.asset),
-                    partial(
-                        ResultPayload,
-                        asset=window.asset,
-                        model=manifest.name,
-                        model_version=manifest.version,
-                        window_end=window.end,
-                        outputs=result,
-                        latency_ms=latency_ms,
-                    ),
-                )
-                for window, result in zip(batch, outputs, strict=True)
-            ]
-        )
-
-    def _enqueue(self, items: list[tuple[str, Callable[..., SequencedPayload]]]) -> None:
-        """On the outbox thread: give each record its sequence number and store them all at once.
-
-        Each item is a topic and a payload factory that takes the fields every sequenced
-        payload shares (record id, sequence number, device, site, time).
-        """
-        buffer = self.buffer
-        assert buffer is not None
-        device = self.config.device
-        now = time.time()
-        records = []
-        for seq, (topic, build) in zip(buffer.reserve(len(items)), items, strict=True):
-            payload = build(
-                record_id=uuid.uuid4().hex, seq=seq, device=device.id, site=device.site, ts=now
+        latest = self.config.outbox.latest
+        return [
+            OutboxItem(
+                self.topics.results(window.asset),
+                partial(
+                    ResultPayload,
+                    asset=window.asset,
+                    model=manifest.name,
+                    model_version=manifest.version,
+                    window_end=window.end,
+                    outputs=result,
+                    latency_ms=latency_ms,
+                ),
+                latest=self.topics.latest(window.asset) if latest else None,
             )
-            records.append((seq, PendingRecord(topic, payload.to_json())))
-        buffer.add(records)
-
-    async def _forward(self) -> None:
-        """Deliver the outbox: oldest first, removed only after the broker's PUBACK."""
-        buffer = self.buffer
-        assert buffer is not None
-        while True:
-            if not self.sink.ready:
-                await self.sink.wait_ready()
-            self._outbox_changed.clear()
-            try:
-                batch = await self._on_db(lambda: buffer.begin(self.config.outbox.max_inflight))
-            except OutboxError as err:
-                self.health.problem_once("outbox-read", "Outbox unreadable: %s", err)
-                await asyncio.sleep(1)
-                continue
-            if not batch:
-                await self._outbox_changed.wait()
-                continue
-            try:
-                await self.sink.write(batch)
-                accepted = [record.seq for record in batch]
-            except PartialWriteError as incomplete:
-                accepted = incomplete.accepted
-                self.health.count("outbox.publish_failures", len(batch) - len(accepted))
-                await self._on_db(buffer.rewind)
-            self.health.count("outbox.delivered", len(accepted))
-            await self._on_db(partial(buffer.accept, accepted))
+            for window, result in zip(batch, outputs, strict=True)
+        ]
 
     async def _store_records(
         self, items: list[tuple[str, Callable[..., SequencedPayload]]]
     ) -> None:
         """Store acks, drift summaries and alerts in the outbox (they must arrive)."""
         try:
-            await self._on_db(partial(self._enqueue, items))
+            await self.outbox.store([OutboxItem(topic, build) for topic, build in items])
         except OutboxError as err:
             self.health.count("outbox.write_errors", len(items))
             self.health.problem_once("outbox", "Records not stored: %s", err)
-            return
-        self._outbox_changed.set()
 
     async def _control(self) -> None:
         """Hand every message of the control topics to the lifecycle, one at a time, in order."""
         while True:
             for message in await self.uplink.messages():
                 await self.lifecycle.handle(message)
-
-    async def _drain_outbox(self, timeout: float) -> None:
-        buffer = self.buffer
-        assert buffer is not None
-        deadline = time.monotonic() + timeout
-        while buffer.rows() and self.sink.ready and time.monotonic() < deadline:
-            self._outbox_changed.set()
-            await asyncio.sleep(0.05)
 
     async def _heartbeat(self) -> None:
         while True:
@@ -383,10 +316,9 @@ class Agent:
                 gauges=gauges,
             )
             try:
-                await self._on_db(partial(self._enqueue, [(self.topics.heartbeat, heartbeat)]))
+                await self.outbox.store([OutboxItem(self.topics.heartbeat, heartbeat)])
             except OutboxError as err:
                 self.health.problem_once("outbox", "Heartbeat not stored: %s", err)
-            self._outbox_changed.set()
 
     async def _write_status_file(self) -> None:
         """Keep ``<state_dir>/status.json`` fresh for ``edge-agent status``."""
@@ -446,9 +378,6 @@ class Agent:
         await self.uplink.publish(
             self.topics.status, self._status("online").to_json(), qos=1, retain=True
         )
-
-    async def _on_db(self, call: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._db, call)
 
 
 class _Stopped(Exception):

@@ -348,6 +348,11 @@ class OutboxConfig(_Section):
     max_bytes: int = Field(512 * 1024 * 1024, ge=64 * 1024)
     overflow: Literal["drop_oldest", "drop_newest", "pause_sources"] = "drop_oldest"
     max_inflight: int = Field(200, ge=1, le=65535)
+    # "full": a committed batch survives a power cut; "normal": a power cut may lose the commits
+    # since the last WAL checkpoint (faster on slow flash). See docs/durability.md.
+    synchronous: Literal["full", "normal"] = "full"
+    replay_rate: float = Field(1000.0, ge=0)  # records/s while forwarding a backlog; 0: unpaced
+    latest: bool = True  # also publish each asset's newest result, retained, on latest/<asset>
 
 
 class HeartbeatConfig(_Section):

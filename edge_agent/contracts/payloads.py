@@ -20,6 +20,7 @@ __all__ = [
     "AlertPayload",
     "Command",
     "DesiredStateCommand",
+    "DeviceAlertPayload",
     "DriftSummaryPayload",
     "FeatureSummary",
     "HeartbeatPayload",
@@ -86,6 +87,9 @@ class SequencedPayload(Payload):
     device: str
     site: str
     ts: float  # wall-clock time the record was made, seconds since the epoch
+    # The wall clock jumped just before this record (a device without a real-time clock set at
+    # boot, say): ``ts`` values on either side do not compare, ``seq`` still orders the records.
+    clock_jump: bool = False
 
 
 class ResultPayload(SequencedPayload):
@@ -99,7 +103,6 @@ class ResultPayload(SequencedPayload):
     window_end: float
     outputs: dict[str, OutputValue]
     latency_ms: float = Field(ge=0)
-    clock_jump: bool = False  # the wall clock jumped since the previous record (no RTC)
 
 
 class StatusPayload(Payload):
@@ -177,6 +180,18 @@ class AlertPayload(SequencedPayload):
     level: Literal["warn", "alert"]
     scores: dict[str, float]
     window_end: float
+
+
+class DeviceAlertPayload(SequencedPayload):
+    """A problem of the device itself (for example its outbox file was damaged and replaced),
+    on the alerts topic beside the drift alerts; ``alert`` names the kind."""
+
+    KIND: ClassVar[str] = "device alert"
+
+    alert: str
+    level: Literal["warn", "alert"]
+    message: str
+    details: dict[str, str] = Field(default_factory=dict)
 
 
 class AckPayload(SequencedPayload):

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
 from typing import Protocol
-
-from edge_agent.buffers.base import OutboxRecord
 
 __all__ = ["Sink"]
 
 
 class Sink(Protocol):
-    """Delivers records. ``write`` is awaited by one task at a time (the outbox forwarder)."""
+    """Delivers messages, confirming each one. Every method is called on the event loop's thread.
+
+    The outbox forwarder keeps a window of sends in flight; a message leaves the outbox only when
+    its send completed without error.
+    """
 
     @property
     def ready(self) -> bool:
@@ -22,10 +24,12 @@ class Sink(Protocol):
         """Return once the sink can deliver."""
         ...
 
-    async def write(self, records: Sequence[OutboxRecord]) -> None:
-        """Deliver ``records``; return only when every one is confirmed (for MQTT: PUBACK).
+    def send(self, topic: str, payload: bytes, *, qos: int, retain: bool) -> asyncio.Future[None]:
+        """Start delivering one message; returns at once.
 
-        Raises PartialWriteError carrying the confirmed sequence numbers when only some were;
-        the others stay in the outbox and are handed out again.
+        The future completes when the peer confirmed the message (for MQTT QoS 1: the PUBACK,
+        possibly after a reconnect, since the client resends what was not confirmed), or at once
+        for fire-and-forget QoS 0. It fails with PublishRefused when the peer refused the message
+        for good, and with NotReadyError when the sink stopped or could not take it.
         """
         ...

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 
-from edge_agent.buffers.base import OutboxRecord
-from edge_agent.errors import NotReadyError, PartialWriteError
 from edge_agent.mqtt import MqttClient
 
 __all__ = ["MqttSink"]
 
 
 class MqttSink:
-    """Delivers records over the agent's uplink connection (shared with status and control)."""
+    """Delivers over the agent's uplink connection (shared with status and control)."""
 
     def __init__(self, client: MqttClient) -> None:
         self._client = client
@@ -26,15 +23,5 @@ class MqttSink:
         while not await self._client.wait_connected(3600):
             pass
 
-    async def write(self, records: Sequence[OutboxRecord]) -> None:
-        futures = [
-            self._client.publish(r.topic, r.payload, qos=r.qos, retain=r.retain) for r in records
-        ]
-        results = await asyncio.gather(*futures, return_exceptions=True)
-        failed = [r for r, result in zip(records, results, strict=True) if result is not None]
-        if failed:
-            accepted = [r.seq for r, result in zip(records, results, strict=True) if result is None]
-            first = next(result for result in results if result is not None)
-            raise PartialWriteError(
-                f"{len(failed)} of {len(records)} records not confirmed: {first}", accepted
-            ) from (first if isinstance(first, NotReadyError) else None)
+    def send(self, topic: str, payload: bytes, *, qos: int, retain: bool) -> asyncio.Future[None]:
+        return self._client.publish(topic, payload, qos=qos, retain=retain)
