@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from edge_agent.contracts.payloads import SequencedPayload
+
 __all__ = ["Deduplicator"]
 
 
@@ -16,10 +18,14 @@ class _DeviceWindow:
 class Deduplicator:
     """Says whether a (device, seq) pair is new. Exact while gaps stay under ``max_gap``.
 
-    Records of different topics interleave during replay, so numbers arrive out of order; the
-    set of numbers seen above the contiguous floor holds those until the gaps close. Records that
-    never come (dropped by an overflow policy) would hold it open forever, so past ``max_gap``
-    pending numbers the floor jumps to the oldest one seen and older gaps are given up.
+    Devices number every outbox record once, across restarts, so a number seen again is a
+    duplicate of at-least-once delivery (a resend after a lost PUBACK, a replay after a crash).
+    Records of different topics interleave during replay and numbers dropped by an overflow policy
+    never come, so the numbers seen above the contiguous floor are held until the gaps close; past
+    ``max_gap`` pending numbers the floor jumps to the oldest one seen and older gaps are given up.
+    A number more than ``max_gap`` below the floor means the device started numbering again (its
+    state was wiped): the device is forgotten and the record taken as new, since dropping a real
+    record is worse than passing one duplicate. Memory: O(max_gap) per device.
     Not thread-safe: use one per consumer.
     """
 
@@ -29,10 +35,14 @@ class Deduplicator:
         self._max_gap = max_gap
         self._devices: dict[str, _DeviceWindow] = {}
         self.duplicates = 0
+        self.restarts = 0
 
     def is_new(self, device: str, seq: int) -> bool:
         """Record the pair and return True the first time it is seen, False for a duplicate."""
         window = self._devices.setdefault(device, _DeviceWindow())
+        if seq < window.floor - self._max_gap:
+            self.restarts += 1
+            window = self._devices[device] = _DeviceWindow()
         if seq <= window.floor or seq in window.above:
             self.duplicates += 1
             return False
@@ -48,6 +58,10 @@ class Deduplicator:
                 window.above.remove(window.floor)
         return True
 
+    def is_new_payload(self, payload: SequencedPayload) -> bool:
+        """``is_new`` for a decoded outbox payload; devices are told apart by site and id."""
+        return self.is_new(f"{payload.site}/{payload.device}", payload.seq)
+
     def forget(self, device: str) -> None:
-        """Drop what is known of a device (for example when it reports a new outbox epoch)."""
+        """Drop what is known of a device (``site/device`` for payloads)."""
         self._devices.pop(device, None)
