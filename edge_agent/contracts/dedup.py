@@ -23,16 +23,19 @@ class Deduplicator:
     Records of different topics interleave during replay and numbers dropped by an overflow policy
     never come, so the numbers seen above the contiguous floor are held until the gaps close; past
     ``max_gap`` pending numbers the floor jumps to the oldest one seen and older gaps are given up.
-    A number more than ``max_gap`` below the floor means the device started numbering again (its
-    state was wiped): the device is forgotten and the record taken as new, since dropping a real
-    record is worse than passing one duplicate. Memory: O(max_gap) per device.
+    A number more than ``restart_gap`` below the floor means the device started numbering again
+    (its state was wiped): the device is forgotten and the record taken as new, since dropping
+    real records is worse than passing a duplicate. Memory: O(max_gap) per device.
     Not thread-safe: use one per consumer.
     """
 
-    def __init__(self, max_gap: int = 100_000) -> None:
+    def __init__(self, max_gap: int = 100_000, restart_gap: int = 10_000_000) -> None:
         if max_gap < 1:
             raise ValueError("max_gap must be at least 1")
+        if restart_gap <= max_gap:
+            raise ValueError("restart_gap must be larger than max_gap")
         self._max_gap = max_gap
+        self._restart_gap = restart_gap
         self._devices: dict[str, _DeviceWindow] = {}
         self.duplicates = 0
         self.restarts = 0
@@ -40,7 +43,7 @@ class Deduplicator:
     def is_new(self, device: str, seq: int) -> bool:
         """Record the pair and return True the first time it is seen, False for a duplicate."""
         window = self._devices.setdefault(device, _DeviceWindow())
-        if seq < window.floor - self._max_gap:
+        if seq < window.floor - self._restart_gap:
             self.restarts += 1
             window = self._devices[device] = _DeviceWindow()
         if seq <= window.floor or seq in window.above:

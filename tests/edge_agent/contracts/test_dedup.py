@@ -48,7 +48,7 @@ def test_payloads_are_told_apart_by_site_and_device() -> None:
 
 
 def test_a_device_that_numbers_again_from_zero_is_not_silenced() -> None:
-    dedup = Deduplicator(max_gap=10)
+    dedup = Deduplicator(max_gap=10, restart_gap=50)
     for seq in range(100):
         assert dedup.is_new("a", seq)
     assert not dedup.is_new("a", 95)  # a late duplicate
