@@ -266,6 +266,11 @@ def _rollout_parser(commands: Subparsers) -> None:
         "--soak", type=float, default=0.0, help="seconds to watch a finished stage before its gate"
     )
     start.add_argument(
+        "--grace",
+        type=float,
+        help="seconds each device watches the new model before keeping it (default: the agent's)",
+    )
+    start.add_argument(
         "--no-online-gate",
         action="store_true",
         help="do not require moved devices to stay online",
@@ -597,7 +602,10 @@ def _rollout_start(args: argparse.Namespace, registry: Registry) -> int:
 
     name, version = args.model
     gates = Gates(
-        drift_margin=args.drift_margin, soak_s=args.soak, require_online=not args.no_online_gate
+        drift_margin=args.drift_margin,
+        soak_s=args.soak,
+        require_online=not args.no_online_gate,
+        grace_s=args.grace,
     )
     rollout = plan_rollout(
         registry,

@@ -8,6 +8,7 @@ version's, over the same span of time.
 
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
 from dataclasses import dataclass
@@ -80,7 +81,8 @@ def _level(psi: float | None) -> str:
 def _rows(registry: Registry, records: list[DriftRecord]) -> list[DriftRow]:
     groups: dict[tuple[str, str, str, str], list[tuple[str, FeatureSummary]]] = defaultdict(list)
     for record in records:
-        for kind, items in (("feature", record.features), ("output", record.outputs)):
+        for kind, stored in (("feature", record.features), ("output", record.outputs)):
+            items = json.loads(stored) if isinstance(stored, str) else stored
             for name, values in items.items():
                 key = (record.model, record.model_version, kind, name)
                 groups[key].append((record.device, FeatureSummary.model_validate(values)))

@@ -29,6 +29,7 @@ __all__ = [
     "DriftRecord",
     "ModelRecord",
     "PostgresRegistry",
+    "RawJson",
     "Registry",
     "RegistryError",
     "RolloutDevice",
@@ -115,8 +116,9 @@ class DriftRecord:
     model_version: str
     window_start: float
     window_end: float
-    features: dict[str, Any]  # name -> FeatureSummary fields
-    outputs: dict[str, Any] = field(default_factory=dict)
+    # name -> FeatureSummary fields; RawJson when written straight from a payload
+    features: dict[str, Any] | RawJson
+    outputs: dict[str, Any] | RawJson = field(default_factory=dict)
     received: float = 0.0
 
 
@@ -211,9 +213,17 @@ _INDEXES = (
 )
 
 
+class RawJson(str):
+    """A value already encoded as JSON (by pydantic, which is faster), stored as it is."""
+
+    __slots__ = ()
+
+
 def _encode(column: str, value: object) -> object:
     if column in _JSON_COLUMNS:
-        return None if value is None else json.dumps(value, sort_keys=True)
+        if value is None or isinstance(value, RawJson):
+            return value
+        return json.dumps(value, sort_keys=True)
     if isinstance(value, bool):
         return int(value)
     return value
@@ -245,6 +255,10 @@ class Registry(ABC):
         """Run one statement; return the number of rows it changed."""
 
     @abstractmethod
+    def _execute_many(self, sql: str, rows: Sequence[Sequence[object]]) -> int:
+        """Run one statement once per row of parameters; return the rows it changed."""
+
+    @abstractmethod
     def _query(self, sql: str, params: Sequence[object] = ()) -> list[dict[str, Any]]:
         """Run one query; return its rows as dicts."""
 
@@ -260,8 +274,12 @@ class Registry(ABC):
         return sql if self.placeholder == "?" else sql.replace("?", self.placeholder)
 
     def _upsert(self, table: str, row: dict[str, object], *, update: bool = True) -> int:
-        columns, keys = _SCHEMA[table]
-        names = [name for name in row if name in columns]
+        names = [name for name in row if name in _SCHEMA[table][0]]
+        sql = self._upsert_sql(table, names, update=update)
+        return self._execute(sql, [_encode(name, row[name]) for name in names])
+
+    def _upsert_sql(self, table: str, names: list[str], *, update: bool) -> str:
+        _columns, keys = _SCHEMA[table]
         marks = ", ".join("?" for _ in names)
         conflict = ", ".join(keys)
         changes = ", ".join(f"{name} = excluded.{name}" for name in names if name not in keys)
@@ -271,7 +289,7 @@ class Registry(ABC):
             f"INSERT INTO {table} ({', '.join(names)}) VALUES ({marks}) "  # noqa: S608
             f"ON CONFLICT ({conflict}) {action}"
         )
-        return self._execute(self._sql(sql), [_encode(name, row[name]) for name in names])
+        return self._sql(sql)
 
     def _update(
         self,
@@ -479,12 +497,18 @@ class Registry(ABC):
     def add_drift(self, records: Sequence[DriftRecord]) -> int:
         """Store summaries; one already stored (same device and seq) is skipped. Returns how
         many were new."""
-        added = 0
+        if not records:
+            return 0
+        names = list(_SCHEMA["drift"][0])
+        sql = self._upsert_sql("drift", names, update=False)
+        rows = [[_encode(name, getattr(record, name)) for name in names] for record in records]
         with self.transaction():
-            for record in records:
-                row = {item.name: getattr(record, item.name) for item in fields(record)}
-                added += self._upsert("drift", row, update=False)
-        return added
+            return self._execute_many(sql, rows)
+
+    def drift_count(self) -> int:
+        """How many summaries are stored."""
+        rows = self._query("SELECT COUNT(*) AS n FROM drift")
+        return int(rows[0]["n"])
 
     def drift(
         self,
@@ -552,6 +576,12 @@ class SqliteRegistry(Registry):
         except sqlite3.Error as err:
             raise RegistryError(f"registry {self.path}: {err}") from err
 
+    def _execute_many(self, sql: str, rows: Sequence[Sequence[object]]) -> int:
+        try:
+            return self._conn.executemany(sql, [tuple(row) for row in rows]).rowcount
+        except sqlite3.Error as err:
+            raise RegistryError(f"registry {self.path}: {err}") from err
+
     def _query(self, sql: str, params: Sequence[object] = ()) -> list[dict[str, Any]]:
         try:
             return list(self._db.query(sql, tuple(params)))
@@ -614,6 +644,10 @@ class PostgresRegistry(Registry):
         except self._errors as err:
             raise RegistryError(f"registry database: {err}") from err
         return max(cursor.rowcount, 0)
+
+    def _execute_many(self, sql: str, rows: Sequence[Sequence[object]]) -> int:
+        # One statement per row keeps rowcount exact (executemany reports only the last).
+        return sum(self._execute(sql, row) for row in rows)
 
     def _query(self, sql: str, params: Sequence[object] = ()) -> list[dict[str, Any]]:
         try:

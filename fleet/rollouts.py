@@ -83,20 +83,26 @@ class Gates:
     drift_margin: float = 0.1
     soak_s: float = 0.0
     require_online: bool = True
+    grace_s: float | None = None  # the device's grace period; None: the agent's own default
 
     def to_dict(self) -> dict[str, float]:
-        return {
+        values = {
             "drift_margin": self.drift_margin,
             "soak_s": self.soak_s,
             "require_online": float(self.require_online),
         }
+        if self.grace_s is not None:
+            values["grace_s"] = self.grace_s
+        return values
 
     @classmethod
     def from_dict(cls, values: dict[str, float]) -> Gates:
+        grace = values.get("grace_s")
         return cls(
             drift_margin=float(values.get("drift_margin", 0.1)),
             soak_s=float(values.get("soak_s", 0.0)),
             require_online=bool(values.get("require_online", 1.0)),
+            grace_s=None if grace is None else float(grace),
         )
 
 
@@ -493,20 +499,21 @@ class RolloutDriver:
             updated=now,
         ):  # fmt: skip
             return  # another worker sent it
-        out.send(entry.site, entry.device, "desired", self._desired(rollout.id, entry, model, now))
+        out.send(entry.site, entry.device, "desired", self._desired(rollout, entry, model, now))
 
     @staticmethod
     def _desired(
-        rollout_id: str, entry: RolloutDevice, model: ModelRecord, now: float
+        rollout: RolloutRecord, entry: RolloutDevice, model: ModelRecord, now: float
     ) -> DesiredStateCommand:
         return DesiredStateCommand(
-            cmd_id=_cmd_id(rollout_id, "desired", entry.device),
+            cmd_id=_cmd_id(rollout.id, "desired", entry.device),
             ts=now,
             model=model.name,
             version=model.version,
             sha256=model.sha256,
             size=model.size,
-            rollout_id=rollout_id,
+            rollout_id=rollout.id,
+            grace_s=Gates.from_dict(rollout.gates).grace_s,
         )
 
     def _judge(
@@ -561,6 +568,9 @@ class RolloutDriver:
                 self._revert(rollout, entry.device, entry.site, entry.previous_version, out)
             elif entry.state in IN_FLIGHT_STATES or entry.state == "offline":
                 self._clear_desired(rollout, entry, out)
+            elif entry.state in {"failed", "timed_out", "self_rolled_back"}:
+                # Its verdict stays; the retained desired state must not ask again.
+                out.send(entry.site, entry.device, "desired", None)
 
     def _cancel_unfinished(self, rollout: RolloutRecord, out: _Outbox) -> None:
         for entry in self.registry.rollout_devices(rollout.id):
@@ -588,7 +598,7 @@ class RolloutDriver:
         known = self.registry.model(rollout.model, previous) if previous is not None else None
         entry = RolloutDevice(rollout.id, device, site, 0)
         if known is not None:
-            out.send(site, device, "desired", self._desired(rollout.id, entry, known, now))
+            out.send(site, device, "desired", self._desired(rollout, entry, known, now))
             self.registry.set_desired(device, known.name, known.version)
         else:
             out.send(site, device, "desired", None)

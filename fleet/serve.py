@@ -16,10 +16,13 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
+from pydantic import TypeAdapter
+
 from edge_agent.contracts.dedup import Deduplicator
 from edge_agent.contracts.payloads import (
     AckPayload,
     DriftSummaryPayload,
+    FeatureSummary,
     HeartbeatPayload,
     PayloadError,
     StatusPayload,
@@ -27,13 +30,16 @@ from edge_agent.contracts.payloads import (
 )
 from edge_agent.contracts.topics import TopicParts, fleet_filter, parse_topic
 from edge_agent.mqtt import MqttClient, MqttMessage, MqttSettings
-from fleet.registry import DriftRecord, Registry, RegistryError, RolloutRecord
+from fleet.registry import DriftRecord, RawJson, Registry, RegistryError, RolloutRecord
 from fleet.rollouts import Publication, RolloutDriver
 from fleet.transfer import DEFAULT_CHUNK_SIZE
 
 __all__ = ["FleetServer"]
 
 logger = logging.getLogger(__name__)
+
+# Summaries go to the registry as pydantic writes them: one JSON encoding, done in Rust.
+_SUMMARIES: TypeAdapter[dict[str, FeatureSummary]] = TypeAdapter(dict[str, FeatureSummary])
 
 DriftJudge = Callable[[Registry, RolloutRecord, list[str], float], str | None]
 
@@ -225,7 +231,7 @@ def _drift_record(summary: DriftSummaryPayload, received: float) -> DriftRecord:
         model_version=summary.model_version,
         window_start=summary.window_start,
         window_end=summary.window_end,
-        features={name: s.model_dump() for name, s in summary.features.items()},
-        outputs={name: s.model_dump() for name, s in summary.outputs.items()},
+        features=RawJson(_SUMMARIES.dump_json(summary.features).decode()),
+        outputs=RawJson(_SUMMARIES.dump_json(summary.outputs).decode()),
         received=received,
     )

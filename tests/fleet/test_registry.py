@@ -150,6 +150,7 @@ def test_drift_is_stored_once_per_device_and_seq(registry: Registry) -> None:
     assert [r.seq for r in registry.drift(since=150.0, version="1")] == [2]
     assert [r.device for r in registry.drift(devices=["d2"])] == ["d2"]
     assert registry.drift(site="plant-z") == []
+    assert registry.drift_count() == 3
     assert registry.drift()[0].features["temperature"]["bins"] == [1, 2, 3]
 
 

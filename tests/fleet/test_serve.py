@@ -11,7 +11,7 @@ import pytest
 
 from edge_agent.contracts.payloads import FeatureSummary
 from edge_agent.contracts.topics import DeviceTopics
-from fleet.registry import SqliteRegistry
+from fleet.registry import Registry, open_registry
 from fleet.swarm import Swarm
 from tests.fleet.support import FleetServe, wait_until
 from tests.support.mosquitto import Mosquitto
@@ -28,10 +28,27 @@ def _stored(log: str) -> int:
 
 
 def test_two_workers_share_the_ingest_without_loss_or_duplicates(
-    tmp_path: Path, broker: Mosquitto, topic_prefix: str, probe: Probe
+    tmp_path: Path,
+    broker: Mosquitto,
+    topic_prefix: str,
+    probe: Probe,
+    registry_location: tuple[str, str | None],
 ) -> None:
-    db = tmp_path / "fleet.db"
-    args = ["--broker", f"127.0.0.1:{broker.port}", "--prefix", topic_prefix, "--registry", str(db)]
+    location, schema = registry_location
+    if schema is not None:  # libpq's own way to pick the schema, as an operator would
+        location += f"?options=-csearch_path%3D{schema}"
+
+    def open_db() -> Registry:
+        return open_registry(location)
+
+    args = [
+        "--broker",
+        f"127.0.0.1:{broker.port}",
+        "--prefix",
+        topic_prefix,
+        "--registry",
+        location,
+    ]
     first = FleetServe(args, tmp_path / "w1.log", "--share-group", "fleet")
     second = FleetServe(args, tmp_path / "w2.log", "--share-group", "fleet")
     with (
@@ -41,7 +58,7 @@ def test_two_workers_share_the_ingest_without_loss_or_duplicates(
     ):
 
         def devices() -> int:
-            with SqliteRegistry(db) as registry:
+            with open_db() as registry:
                 return len(registry.devices())
 
         wait_until(lambda: devices() == 5, "both workers to record the five devices")
@@ -55,7 +72,7 @@ def test_two_workers_share_the_ingest_without_loss_or_duplicates(
                 swarm.send_drift(device, SUMMARY, window_end=now + window, copies=2)
 
         def rows() -> int:
-            with SqliteRegistry(db) as registry:
+            with open_db() as registry:
                 return len(registry.drift())
 
         wait_until(lambda: rows() == 200, "every summary stored")
@@ -66,7 +83,7 @@ def test_two_workers_share_the_ingest_without_loss_or_duplicates(
     assert "Refused a message" in "".join(logs)
     assert "schema_version 99 is not supported" in "".join(logs)
     assert "Traceback" not in "".join(logs)
-    with SqliteRegistry(db) as registry:
+    with open_db() as registry:
         assert len(registry.drift()) == 200
 
 
