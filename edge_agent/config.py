@@ -389,7 +389,9 @@ class LifecycleConfig(_Section):
     shadow_windows: int = Field(0, ge=0)  # default when the command does not say
     shadow_min_agreement: float = Field(0.0, ge=0, le=1)  # below this the shadow step refuses
     max_error_rate: float = Field(0.01, ge=0, le=1)  # failed windows / windows during grace
-    min_windows: int = Field(20, ge=1)  # windows before the latency and output gates judge
+    min_windows: int = Field(20, ge=1)  # windows before the latency gate judges
+    # Windows before the output gate judges: PSI over few values is noise (about bins / n).
+    output_min_windows: int = Field(200, ge=1)
     latency_p99_ratio: float = Field(3.0, ge=1)  # new p99 against the previous model's
     latency_floor_ms: float = Field(2.0, ge=0)  # p99 differences below this never fail
     output_psi_alert: float | None = Field(None, gt=0)  # default: the bundle's psi_alert
@@ -400,7 +402,7 @@ class DriftConfig(_Section):
 
     enabled: bool = True
     window_s: float = Field(300.0, gt=0)
-    min_count: int = Field(100, ge=1)  # windows with fewer values are summarized but not leveled
+    min_count: int = Field(200, ge=1)  # windows with fewer values are summarized but not leveled
 
 
 class AgentConfig(_Section):

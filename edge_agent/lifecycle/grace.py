@@ -7,7 +7,8 @@ Gates, each judged on the windows the new model answered since the swap:
   than ``latency_floor_ms`` above it (judged from ``min_windows`` windows, when the previous
   model's p99 was measured on as many);
 - outputs: the PSI of any numeric output against the bundle's baseline at or above the alert
-  threshold (judged from ``min_windows`` windows, for outputs the baseline describes).
+  threshold (judged from ``output_min_windows`` windows, for outputs the baseline describes:
+  over n values in k bins PSI is about k / n even without drift, so it needs a few hundred).
 
 Pure logic fed from the event loop; the manager owns the clock.
 """
@@ -31,6 +32,7 @@ __all__ = ["Grace", "GraceGates"]
 class GraceGates:
     max_error_rate: float
     min_windows: int
+    output_min_windows: int
     latency_p99_ratio: float
     latency_floor_ms: float
     output_psi_alert: float
@@ -104,7 +106,7 @@ class Grace:
         return None
 
     def _check_outputs(self, *, final: bool) -> str | None:
-        if self.baseline is None or self.windows < self.gates.min_windows:
+        if self.baseline is None or self.windows < self.gates.output_min_windows:
             return None
         # Judged each time the window count doubles, and at the end: PSI over a growing sample.
         if not final and self.windows < self._next_output_check:
@@ -116,7 +118,7 @@ class Grace:
                 continue
             finite = np.asarray(values, dtype=np.float64)
             counts = bin_counts(distribution.edges, finite)
-            if sum(counts) < self.gates.min_windows:
+            if sum(counts) < self.gates.output_min_windows:
                 continue
             value = psi(counts, distribution.fractions)
             if value >= self.gates.output_psi_alert:

@@ -629,6 +629,7 @@ class ModelLifecycle:
             GraceGates(
                 max_error_rate=lifecycle.max_error_rate,
                 min_windows=lifecycle.min_windows,
+                output_min_windows=lifecycle.output_min_windows,
                 latency_p99_ratio=lifecycle.latency_p99_ratio,
                 latency_floor_ms=lifecycle.latency_floor_ms,
                 output_psi_alert=lifecycle.output_psi_alert or thresholds.psi_alert,
