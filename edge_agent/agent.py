@@ -37,6 +37,7 @@ from edge_agent.model import LoadedModel
 from edge_agent.mqtt import MqttClient
 from edge_agent.outbox import Outbox, OutboxItem
 from edge_agent.sinks.mqtt import MqttSink
+from edge_agent.sinks.writeback import WriteBack, build_writeback
 from edge_agent.sources import Source, build_source
 from edge_agent.windows import Window, WindowBuilder, build_window_builder
 
@@ -73,6 +74,7 @@ class Agent:
             max_inflight=config.outbox.max_inflight,
         )
         self.sink = MqttSink(self.uplink)
+        # What sources and sinks share (one OPC-UA session per server URL).
         shared: dict[str, object] = {}
         self.sources: list[Source] = [
             build_source(source, config, self.health, shared) for source in config.sources
@@ -80,6 +82,9 @@ class Agent:
         self.outbox = Outbox.from_config(
             config, self.sink, self.health, alerts_topic=self.topics.alerts
         )
+        self.writebacks: list[WriteBack] = [
+            build_writeback(sink, self.health, shared) for sink in config.sinks
+        ]
         self._inference = ThreadPoolExecutor(1, thread_name_prefix="inference")
         self._windows: deque[Window] = deque()
         self._windows_ready = asyncio.Event()
@@ -106,6 +111,8 @@ class Agent:
         for control_topic in (self.topics.desired, self.topics.cmd, self.topics.transfer):
             self.uplink.add_subscription(control_topic, 1)
         await self.uplink.start()
+        for writeback in self.writebacks:
+            await writeback.start()
 
         model = await self.lifecycle.start()
         logger.info("Model %s loaded (%s)", model.manifest.label, model.runner.format)
@@ -160,6 +167,8 @@ class Agent:
             await self._shutdown()
 
     async def _shutdown(self) -> None:
+        for writeback in self.writebacks:
+            await writeback.stop()
         if self.uplink.connected:
             future = self.uplink.publish(
                 self.topics.status, self._status("stopped").to_json(), qos=1, retain=True
@@ -242,6 +251,9 @@ class Agent:
                 continue
             self.inference_busy_since = None
             latency = time.perf_counter() - started
+            assets = [window.asset for window in batch]
+            for writeback in self.writebacks:
+                writeback.offer(assets, outputs)
             self.health.inference.add(latency)
             self.health.count("inference.windows", len(batch))
             self.health.count("inference.batches")

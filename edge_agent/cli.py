@@ -1,9 +1,10 @@
-"""``edge-agent``: run the agent, check or print its config, read its status."""
+"""``edge-agent``: run the agent, check or print its config, infer once, read its status."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import sys
@@ -71,6 +72,21 @@ def _parser() -> argparse.ArgumentParser:
         description="Print the commented example config (the same file as deploy/agent.toml).",
     )
 
+    once = commands.add_parser(
+        "once",
+        help="read the real sources until one window is complete, infer, print; publish nothing",
+        description=(
+            "Check a config against the plant: connect to the configured sources (with client "
+            "ids of its own, so a running agent is not disturbed), build one window, run the "
+            "model on it and print features and outputs. Nothing is published or stored."
+        ),
+    )
+    with_config(once)
+    once.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds to wait for a window (default 60)"
+    )
+    once.add_argument("--json", action="store_true", help="print JSON for scripts")
+
     status = commands.add_parser(
         "status",
         help="show the running agent's counters: sources, queues, drops, latency, outbox",
@@ -113,6 +129,35 @@ def _leaves(error: BaseException) -> list[BaseException]:
     if isinstance(error, BaseExceptionGroup):
         return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
     return [error]
+
+
+def _once(config: AgentConfig, timeout: float, as_json: bool) -> int:
+    from edge_agent.once import infer_once
+
+    logging.basicConfig(level="WARNING", format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("asyncua").setLevel(logging.CRITICAL)
+    try:
+        result = asyncio.run(infer_once(config, timeout))
+    except ConfigError as err:
+        print(f"edge-agent: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    except EdgeError as err:
+        print(f"edge-agent: {err}", file=sys.stderr)
+        return 1
+    if as_json:
+        print(json.dumps(dataclasses.asdict(result), indent=2))
+        return 0
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(result.window_end))
+    print(f"model    {result.model}")
+    print(f"asset    {result.asset}, window ending {when} UTC")
+    for name, value in result.features.items():
+        print(f"feature  {name:<30} {value:g}")
+    for name, output in result.outputs.items():
+        print(f"output   {name:<30} {output}")
+    print(f"latency  {result.latency_ms:g} ms")
+    for name, count in sorted(result.counters.items()):
+        print(f"  {name:<40} {count:g}")
+    return 0
 
 
 def _status(config: AgentConfig, as_json: bool) -> int:
@@ -159,6 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     if args.command == "status":
         return _status(config, args.json)
+    if args.command == "once":
+        return _once(config, args.timeout, args.json)
     return _run(args.config, config, args.log_level)
 
 

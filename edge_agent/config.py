@@ -30,11 +30,15 @@ __all__ = [
     "ModelConfig",
     "MqttSourceConfig",
     "NumberCodec",
+    "OpcUaEndpoint",
     "OpcUaSecurity",
+    "OpcUaSinkConfig",
     "OpcUaSourceConfig",
     "OpcUaTagConfig",
+    "OpcUaWrite",
     "OutboxConfig",
     "SimulatedSourceConfig",
+    "SinkConfig",
     "SourceConfig",
     "TlsConfig",
     "WindowsConfig",
@@ -289,10 +293,19 @@ class OpcUaTagConfig(_Section):
         return self
 
 
-class OpcUaSourceConfig(_Section):
+class OpcUaEndpoint(_Section):
+    """How to reach one OPC-UA server. Sources and sinks naming one url share one session."""
+
+    name: str
+    url: str = Field(pattern=r"^opc\.tcp://")
+    security: OpcUaSecurity | None = None
+    reconnect_min_s: float = Field(1.0, gt=0)
+    reconnect_max_s: float = Field(30.0, gt=0)
+
+
+class OpcUaSourceConfig(OpcUaEndpoint):
     type: Literal["opcua"]
     name: str = "opcua"
-    url: str = Field(pattern=r"^opc\.tcp://")
     asset: str  # the machine these tags describe
     tags: list[OpcUaTagConfig] = Field(min_length=1)
     publishing_interval_ms: float = Field(500.0, gt=0)
@@ -302,9 +315,6 @@ class OpcUaSourceConfig(_Section):
         10, ge=1, le=10_000
     )  # values the server keeps per tag between publishes
     timestamp: Literal["source", "server"] = "source"
-    security: OpcUaSecurity | None = None
-    reconnect_min_s: float = Field(1.0, gt=0)
-    reconnect_max_s: float = Field(30.0, gt=0)
     # No data from any tag this long: check the server, then re-create the subscription. 0: off.
     watchdog_s: float = Field(60.0, ge=0)
 
@@ -335,6 +345,26 @@ class SimulatedSourceConfig(_Section):
         if (self.signal == "csv") != (self.csv is not None):
             raise ValueError("signal = csv goes with csv = <file>, and only then")
         return self
+
+
+class OpcUaWrite(_Section):
+    """Write one result output to one node (only the results of ``asset``, when given)."""
+
+    output: str
+    node_id: str
+    asset: str | None = None
+
+
+class OpcUaSinkConfig(OpcUaEndpoint):
+    """Write-back of result outputs to PLC nodes. Only the newest result counts: one that cannot
+    be written while the server is away is skipped (counted), never written late."""
+
+    type: Literal["opcua"]
+    name: str = "opcua-writeback"
+    writes: list[OpcUaWrite] = Field(min_length=1)
+
+
+SinkConfig = Annotated[OpcUaSinkConfig, Field(discriminator="type")]
 
 
 SourceConfig = Annotated[
@@ -412,6 +442,7 @@ class AgentConfig(_Section):
     model: ModelConfig
     sources: list[SourceConfig] = Field(min_length=1)
     windows: WindowsConfig = Field(default_factory=WindowsConfig)
+    sinks: list[SinkConfig] = Field(default_factory=list)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     heartbeat: HeartbeatConfig = Field(default_factory=HeartbeatConfig)
     metrics: MetricsConfig | None = None  # off unless configured
@@ -420,10 +451,10 @@ class AgentConfig(_Section):
 
     @model_validator(mode="after")
     def _unique_source_names(self) -> AgentConfig:
-        names = [source.name for source in self.sources]
+        names = [source.name for source in self.sources] + [sink.name for sink in self.sinks]
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
-            raise ValueError(f"source names must be unique: {', '.join(duplicates)}")
+            raise ValueError(f"source and sink names must be unique: {', '.join(duplicates)}")
         return self
 
     @property

@@ -10,7 +10,7 @@ from tests.support.processes import run
 @pytest.mark.parametrize(
     ("program", "subcommands"),
     [
-        ("edge-agent", ["run", "check-config", "sample-config", "status"]),
+        ("edge-agent", ["run", "check-config", "sample-config", "once", "status"]),
         ("edge-convert", ["convert"]),
         ("fleet", ["devices"]),
     ],

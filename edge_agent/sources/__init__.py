@@ -25,7 +25,7 @@ def build_source(
     if config.type == "mqtt":
         from edge_agent.sources.mqtt import MqttSource
 
-        return MqttSource(config, agent, health)
+        return MqttSource(config, agent, health, once=shared.get("mode") == "once")
     if config.type == "opcua":
         from edge_agent.sources.opcua import OpcUaSource
 

@@ -22,22 +22,26 @@ class MqttSource:
     results built from them are durable (manual acknowledgement), and use a persistent session so
     the broker keeps what arrives while the agent is down."""
 
-    def __init__(self, config: MqttSourceConfig, agent: AgentConfig, health: Health) -> None:
+    def __init__(
+        self, config: MqttSourceConfig, agent: AgentConfig, health: Health, *, once: bool = False
+    ) -> None:
         self.name = config.name
         self._config = config
         self._health = health
         self._codec = build_codec(config.codec)
         broker = config.broker or agent.broker
+        # ``once`` must not take over the running agent's session (same client id) or its queue.
+        durable = config.qos == 1 and not once
         settings = broker.settings(
             device_id=agent.device.id,
-            role=f"source-{config.name}",
-            persistent_session=config.qos == 1,
+            role=f"once-{config.name}" if once else f"source-{config.name}",
+            persistent_session=durable,
         )
         self._client = MqttClient(
             settings,
             name=f"source {config.name}",
-            manual_ack=config.qos == 1,
-            overflow="block" if config.qos == 1 else "drop_oldest",
+            manual_ack=durable,
+            overflow="block" if durable else "drop_oldest",
         )
         for topic in config.topics:
             self._client.add_subscription(topic, config.qos)

@@ -11,10 +11,11 @@ import pytest
 
 from edge_agent.contracts.payloads import ResultPayload, decode
 from edge_agent.contracts.topics import DeviceTopics
+from tests.support.agent_config import write_agent_config
 from tests.support.models import linear_bundle
 from tests.support.mosquitto import Mosquitto
 from tests.support.mqtt import Probe
-from tests.support.opcua import OpcUaTestServer
+from tests.support.opcua import OpcUaTestServer, Tag
 from tests.support.processes import AgentProcess
 
 pytestmark = pytest.mark.slow
@@ -236,3 +237,42 @@ def test_server_restart_resumes_by_itself_and_loses_no_window(
     back = [line for line in log.splitlines() if "is back after" in line]
     assert len(back) == 1, log
     assert "Traceback" not in log
+
+
+def test_results_are_written_back_to_a_plc_node(
+    tmp_path: Path, broker: Mosquitto, probe: Probe, topic_prefix: str
+) -> None:
+    server = OpcUaTestServer([Tag("speed", 1.0, folder="Press"), Tag("health", 0.0, folder="Line")])
+    server.start()
+    try:
+        config = write_agent_config(
+            tmp_path / "agent.toml",
+            port=broker.port,
+            prefix=topic_prefix,
+            bundle=linear_bundle(tmp_path / "linear.bundle"),
+            state_dir=tmp_path / "state",
+            input_topic=f"{topic_prefix}-in/line-2/+/reading",
+            extra=f"""
+[[sinks]]
+type = "opcua"
+name = "plc"
+url = "{server.endpoint}"
+writes = [
+  {{ output = "score", node_id = "{server.node_id("health")}", asset = "press-1" }},
+]
+""",
+        )
+        with AgentProcess(config, tmp_path / "agent.log") as agent:
+            agent.wait_for_log("OPC-UA server")
+            agent.wait_for_log("serving")
+            reading = {"temperature": 1.0, "vibration": 2.0, "pressure": 3.0}
+            probe.publish(f"{topic_prefix}-in/line-2/other/reading", json.dumps(reading))
+            probe.publish(f"{topic_prefix}-in/line-2/press-1/reading", json.dumps(reading))
+            wait_until(lambda: server.read("health") == 1 + 20 + 300 + 0.5, "the write-back")
+            reading["pressure"] = 4.0
+            probe.publish(f"{topic_prefix}-in/line-2/press-1/reading", json.dumps(reading))
+            wait_until(lambda: server.read("health") == 1 + 20 + 400 + 0.5, "the second write")
+            assert agent.stop() == 0
+        assert "Traceback" not in agent.output()
+    finally:
+        server.close()

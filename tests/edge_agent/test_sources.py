@@ -16,7 +16,7 @@ from tests.support.agent_config import write_agent_config
 from tests.support.models import linear_bundle
 from tests.support.mosquitto import Mosquitto
 from tests.support.mqtt import Probe
-from tests.support.processes import AgentProcess
+from tests.support.processes import AgentProcess, run
 
 
 def test_the_simulated_bearing_wears_and_then_is_new_again() -> None:
@@ -136,3 +136,52 @@ def test_the_mqtt_source_resubscribes_after_a_broker_restart(
         finally:
             probe.close()
         assert agent.stop() == 0
+
+
+def test_once_reads_one_window_infers_and_publishes_nothing(
+    tmp_path: Path, broker: Mosquitto, probe: Probe, topic_prefix: str
+) -> None:
+    probe.subscribe(f"{topic_prefix}/#")
+    replay = tmp_path / "replay.csv"
+    replay.write_text("temperature,vibration,pressure\n1,2,3\n")
+    config = write_agent_config(
+        tmp_path / "agent.toml",
+        port=broker.port,
+        prefix=topic_prefix,
+        bundle=linear_bundle(tmp_path / "linear.bundle"),
+        state_dir=tmp_path / "state",
+        input_topic=f"{topic_prefix}-in/+/reading",
+        extra=f"""
+[[sources]]
+type = "simulated"
+name = "replay"
+asset = "replayed"
+signal = "csv"
+csv = "{replay}"
+interval_s = 0.05
+""",
+    )
+    result = run("edge-agent", "once", "--json", "--config", str(config), check=True)
+    report = json.loads(result.stdout)
+    assert report["asset"] == "replayed"
+    assert report["features"] == {"temperature": 1.0, "vibration": 2.0, "pressure": 3.0}
+    assert report["outputs"] == {"score": 1 + 20 + 300 + 0.5}
+    human = run("edge-agent", "once", "--config", str(config), check=True).stdout
+    assert "score" in human and "replayed" in human
+    assert not [m for m in probe.messages if m.topic.startswith(topic_prefix)]
+
+
+def test_once_gives_up_after_its_timeout_with_a_reason(
+    tmp_path: Path, broker: Mosquitto, topic_prefix: str
+) -> None:
+    config = write_agent_config(
+        tmp_path / "agent.toml",
+        port=broker.port,
+        prefix=topic_prefix,
+        bundle=linear_bundle(tmp_path / "linear.bundle"),
+        state_dir=tmp_path / "state",
+        input_topic=f"{topic_prefix}-in/+/reading",
+    )
+    result = run("edge-agent", "once", "--timeout", "1", "--config", str(config))
+    assert result.returncode == 1
+    assert "no complete window within 1 s" in result.stderr
