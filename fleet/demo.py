@@ -24,6 +24,8 @@ import numpy as np
 import numpy.typing as npt
 
 from edge_agent.contracts.payloads import (
+    AckPayload,
+    DriftSummaryPayload,
     HeartbeatPayload,
     PayloadError,
     ResultPayload,
@@ -32,9 +34,8 @@ from edge_agent.contracts.payloads import (
 )
 from edge_agent.contracts.topics import DeviceTopics, fleet_filter
 from edge_agent.mqtt import MqttClient, MqttSettings
-from edge_agent.sources.simulated import PUMP_TAGS, pump_values
 from fleet.broker import INSTALL_HINT, MosquittoProcess, find_mosquitto, free_port
-from fleet.demo_plant import PumpPlant
+from fleet.demo_plant import PUMP_TAGS, PumpPlant, Wear, pump_reading
 
 __all__ = ["run_demo"]
 
@@ -43,11 +44,12 @@ FEATURES = ["temperature_mean", "vibration_rms", "pressure_last"]
 PREFIX = "demo"
 SITE = "plant-demo"
 DEVICE = "pump-gateway-1"
-# Seconds from a new bearing to a worn one: pump-1 stays healthy, pump-2 wears out in a minute.
-WEAR_PERIODS = {"pump-1": 1e9, "pump-2": 60.0}
+# pump-1 stays healthy; pump-2 runs well for 30 s, then its bearing wears out over a minute.
+PUMPS = {"pump-1": Wear(healthy_s=1e9, wear_s=1.0), "pump-2": Wear(healthy_s=30.0, wear_s=60.0)}
 WINDOW_S = 2.0
 SAMPLE_S = 0.25
 STARTUP_TIMEOUT_S = 120.0
+ROLLOUT_AFTER_S = 10.0
 
 
 def _say(text: str) -> None:
@@ -56,12 +58,11 @@ def _say(text: str) -> None:
 
 def _window_rows(wear: npt.NDArray[np.float64], rng: random.Random) -> npt.NDArray[np.float64]:
     """Window features of pumps at the given wear, from the plant's own pump model."""
-    period = 100.0
     rows = []
     for w in wear:
+        start = rng.uniform(0, 1000)  # any time of day: pressure swings on its own
         samples = [
-            pump_values(w * period + k * SAMPLE_S, period, rng)
-            for k in range(int(WINDOW_S / SAMPLE_S))
+            pump_reading(w, start + k * SAMPLE_S, rng) for k in range(int(WINDOW_S / SAMPLE_S))
         ]
         vibration = np.array([sample["vibration"] for sample in samples])
         rows.append(
@@ -74,21 +75,39 @@ def _window_rows(wear: npt.NDArray[np.float64], rng: random.Random) -> npt.NDArr
     return np.asarray(rows)
 
 
-def _train(workdir: Path) -> tuple[Path, Path]:
+def _bundle(workdir: Path, version: int, sign_key: Path) -> Path:
+    """Train pump-health ``version`` on window features, then convert, check and sign it.
+
+    Version 2 is retrained on more data and calls a bearing worn earlier (past 50 % wear
+    instead of 60 %). The drift baseline comes from new bearings, so a wearing one shows as
+    drift.
+    """
     import joblib
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    wear = np.random.default_rng(42).uniform(0, 1, 2000)
-    rows = _window_rows(wear, random.Random(42))
-    labels = np.where(wear > 0.6, "worn", "healthy")
+    count, threshold = (2000, 0.6) if version == 1 else (6000, 0.5)
+    wear = np.random.default_rng(version).uniform(0, 1, count)
+    rows = _window_rows(wear, random.Random(version))
+    labels = np.where(wear > threshold, "worn", "healthy")
     model = make_pipeline(StandardScaler(), LogisticRegression()).fit(rows, labels)
-    model_path = workdir / "pump-health.joblib"
+    model_path = workdir / f"pump-health-{version}.joblib"
     joblib.dump(model, model_path)
-    reference = workdir / "reference.csv"
-    np.savetxt(reference, rows[:500], delimiter=",", header=",".join(FEATURES), comments="")
-    return model_path, reference
+    reference = workdir / f"reference-{version}.csv"
+    healthy = _window_rows(np.zeros(500), random.Random(100 + version))
+    np.savetxt(reference, healthy, delimiter=",", header=",".join(FEATURES), comments="")
+    bundle = workdir / f"pump-health-{version}.bundle"
+    subprocess.run(
+        _program(
+            "converters", "convert", str(model_path), "--reference", str(reference),
+            "-o", str(bundle), "--name", "pump-health", "--version", str(version),
+            "--sign-key", str(sign_key),
+        ),
+        check=True,
+        stdout=subprocess.DEVNULL if version > 1 else None,
+    )  # fmt: skip
+    return bundle
 
 
 def _program(module: str, *args: str) -> list[str]:
@@ -99,7 +118,7 @@ def _agent_config(
     workdir: Path, port: int, bundle: Path, metrics_port: int, plant: PumpPlant
 ) -> Path:
     sources = []
-    for pump in WEAR_PERIODS:
+    for pump in PUMPS:
         tags = ", ".join(
             f'{{ name = "{tag}", node_id = "{plant.node_id(pump, tag)}" }}' for tag in PUMP_TAGS
         )
@@ -140,6 +159,16 @@ mode = "tumbling"
 length_s = {WINDOW_S}
 allowed_lateness_s = 0.5
 
+[lifecycle]
+grace_s = 6               # a short health watch after a swap, for the demo
+min_windows = 4
+# pump-2 wears on purpose and a few windows make PSI noisy: only a gross output shift fails here.
+output_psi_alert = 50
+
+[drift]
+window_s = 30             # a drift summary every 30 s (300 s in production)
+min_count = 100           # levels need this many windows: 30 s windows only show the scores
+
 [heartbeat]
 interval_s = 3
 
@@ -161,6 +190,20 @@ def _health_line(beat: HeartbeatPayload) -> str:
     )
 
 
+def _drift_line(drift: DriftSummaryPayload) -> str:
+    """A drift summary as one line: PSI and level of each feature, worst first."""
+    parts = sorted(
+        ((scores.get("psi", 0.0), name) for name, scores in drift.scores.items()
+         if name in drift.features),
+        reverse=True,
+    )  # fmt: skip
+    shown = ", ".join(
+        f"{name} PSI {psi:.2f}{' ' + drift.levels[name] if name in drift.levels else ''}"
+        for psi, name in parts
+    )
+    return f"  drift ({drift.model}@{drift.model_version}): {shown}"
+
+
 def _show(topic: str, payload: bytes, topics: DeviceTopics, started: float) -> int:
     """Print one message the agent published; 1 if it was a result."""
     try:
@@ -170,6 +213,14 @@ def _show(topic: str, payload: bytes, topics: DeviceTopics, started: float) -> i
         if topic == topics.heartbeat:
             _say(_health_line(decode(HeartbeatPayload, payload)))
             return 0
+        if topic == topics.drift:
+            _say(_drift_line(decode(DriftSummaryPayload, payload)))
+            return 0
+        if topic == topics.ack:
+            ack = decode(AckPayload, payload)
+            outcome = "ok" if ack.ok else f"REFUSED: {ack.reason}"
+            _say(f"  rollout: {ack.model}@{ack.version} {ack.step} {outcome}")
+            return 0
         result = decode(ResultPayload, payload)
     except PayloadError as err:
         _say(f"  (skipped a message on {topic}: {err})")
@@ -178,12 +229,15 @@ def _show(topic: str, payload: bytes, topics: DeviceTopics, started: float) -> i
     bar = "#" * round(worn * 20)
     _say(
         f"{time.monotonic() - started:6.1f}  {result.asset:<8} {worn:8.3f}  "
-        f"{result.outputs.get('label')!s:<8} {result.latency_ms:.2f} ms  {bar}"
+        f"{result.outputs.get('label')!s:<8} {result.model}@{result.model_version:<4} "
+        f"{result.latency_ms:5.2f} ms  {bar}"
     )
     return 1
 
 
-async def _live(port: int, stop: asyncio.Event, duration: float | None) -> int:
+async def _live(
+    port: int, stop: asyncio.Event, serving: asyncio.Event, duration: float | None
+) -> int:
     """Print the agent's results, status and health until ``stop``, or for ``duration`` seconds
     from the agent's first result (a loaded machine may take a while to start it)."""
     settings = MqttSettings(host="127.0.0.1", port=port, client_id=f"demo-{uuid.uuid4().hex[:6]}")
@@ -192,13 +246,15 @@ async def _live(port: int, stop: asyncio.Event, duration: float | None) -> int:
     client.add_subscription(fleet_filter(PREFIX, "results", site=SITE), 1)
     client.add_subscription(topics.status, 1)
     client.add_subscription(topics.heartbeat, 1)
+    client.add_subscription(topics.drift, 1)
+    client.add_subscription(topics.ack, 1)
     await client.start()
     await client.wait_subscribed(10)
     waiting_since = time.monotonic()
     first_result: float | None = None
     results = 0
 
-    _say(f"\n{'time':>6}  {'asset':<8} {'P(worn)':>8}  {'label':<8} latency")
+    _say(f"\n{'time':>6}  {'asset':<8} {'P(worn)':>8}  {'label':<8} {'model':<18} latency")
     try:
         while not stop.is_set():
             now = time.monotonic()
@@ -215,6 +271,7 @@ async def _live(port: int, stop: asyncio.Event, duration: float | None) -> int:
                 shown = _show(message.topic, message.payload, topics, waiting_since)
                 if shown and first_result is None:
                     first_result = time.monotonic()
+                    serving.set()
                 results += shown
     finally:
         await client.stop()
@@ -228,7 +285,7 @@ class _Demo:
         self.workdir = workdir
         self.broker_port = broker_port
         self.duration = duration
-        self.plant = PumpPlant(free_port(), WEAR_PERIODS, interval_s=SAMPLE_S)
+        self.plant = PumpPlant(free_port(), PUMPS, interval_s=SAMPLE_S)
         self.metrics_port = free_port()
         self.fleet_args = [
             "--broker", f"127.0.0.1:{broker_port}", "--prefix", PREFIX,
@@ -257,38 +314,60 @@ class _Demo:
         command = await asyncio.create_subprocess_exec(*_program("fleet", *self.fleet_args, *args))
         return await command.wait()
 
-    async def run(self, bundle: Path, public_key: Path) -> tuple[int, int | None]:
-        """Everything after the bundle; (results seen, the agent's exit code)."""
+    async def run(self, bundles: list[Path], public_key: Path) -> tuple[int, int | None]:
+        """Everything after the bundles; (results seen, the agent's exit code)."""
         stop = asyncio.Event()
+        serving = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
         plant = self.plant
-        config = _agent_config(self.workdir, self.broker_port, bundle, self.metrics_port, plant)
+        config = _agent_config(self.workdir, self.broker_port, bundles[0], self.metrics_port, plant)
         try:
-            _say("[3/6] fleet manager: the model published to its registry, `fleet serve`")
-            await self.fleet("models", "publish", str(bundle), "--public-key", str(public_key))
+            _say("[3/6] fleet manager: pump-health 1 published to its registry, `fleet serve`")
+            await self.fleet("models", "publish", str(bundles[0]), "--public-key", str(public_key))
             await self.start("fleet", "fleet", *self.fleet_args, "serve")
             await plant.start()
             _say(f"[4/6] plant: pump-1 and pump-2 on OPC-UA at {plant.url}")
-            _say("      pump-2's bearing wears out over a minute, then is replaced")
-            _say("[5/6] edge-agent: OPC-UA sources, 2 s windows, the signed model")
+            _say("      pump-2 runs well for 30 s, then its bearing wears out over a minute")
+            _say("[5/6] edge-agent: OPC-UA sources, 2 s windows, the signed model, drift")
             await self.start("agent", "edge_agent", "run", "--config", str(config))
             _say(f"      metrics: http://127.0.0.1:{self.metrics_port}/metrics (Prometheus)")
             _say(f"[6/6] live predictions (logs in {self.workdir}); Ctrl-C stops")
             async with asyncio.TaskGroup() as group:
                 pumps = group.create_task(plant.run(stop), name="demo-plant")
-                results = await _live(self.broker_port, stop, self.duration)
+                rollout = group.create_task(
+                    self._roll_out(bundles[1], public_key, serving, stop), name="demo-rollout"
+                )
+                results = await _live(self.broker_port, stop, serving, self.duration)
                 stop.set()
                 await pumps
+                rollout.cancel()
             _say("\nthe fleet's registry, as `fleet serve` recorded the device:")
             await self.fleet("devices", "list")
+            await self.fleet("drift", "report", "--model", "pump-health")
         finally:
             # The agent stops (and drains) before its PLC and its manager go.
             code = await self.stop("agent")
             await self.stop("fleet")
             await plant.stop()
         return results, code
+
+    async def _roll_out(
+        self, bundle: Path, public_key: Path, serving: asyncio.Event, stop: asyncio.Event
+    ) -> None:
+        """Once the agent has served a while, publish version 2 and roll it out."""
+        await serving.wait()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), ROLLOUT_AFTER_S)
+            return
+        _say("  rollout: publishing pump-health 2 and rolling it out to line-1 (canary 1)")
+        await self.fleet("models", "publish", str(bundle), "--public-key", str(public_key))
+        # The drift gate compares versions; here the pump itself changes, so it is left out.
+        await self.fleet(
+            "rollout", "start", "pump-health@2", "--to", "line=line-1", "--canary", "1",
+            "--drift-margin", "-1",
+        )  # fmt: skip
 
 
 def run_demo(workdir: Path | None = None, duration: float | None = None) -> int:
@@ -306,20 +385,11 @@ def run_demo(workdir: Path | None = None, duration: float | None = None) -> int:
         stack.callback(broker.stop)
         _say(f"[1/6] broker: mosquitto on 127.0.0.1:{broker.port}")
 
-        _say("[2/6] training a pump-health model on 2 s windows, bundled and signed")
-        model_path, reference = _train(workdir)
+        _say("[2/6] training pump-health 1 on 2 s windows, bundled and signed (and 2, for later)")
         keys = workdir / "fleet"
         subprocess.run(_program("converters", "keygen", "-o", str(keys), "--force"), check=True)
-        bundle = workdir / "pump-health-1.bundle"
-        subprocess.run(
-            _program(
-                "converters", "convert", str(model_path), "--reference", str(reference),
-                "-o", str(bundle), "--name", "pump-health", "--version", "1",
-                "--sign-key", f"{keys}.key",
-            ),
-            check=True,
-        )  # fmt: skip
+        bundles = [_bundle(workdir, version, Path(f"{keys}.key")) for version in (1, 2)]
         demo = _Demo(workdir, broker.port, duration)
-        results, code = asyncio.run(demo.run(bundle, Path(f"{keys}.pub")))
+        results, code = asyncio.run(demo.run(bundles, Path(f"{keys}.pub")))
         _say(f"\nstopped cleanly: {results} results received; agent exit code {code}")
         return 0 if results > 0 and code == 0 else 1

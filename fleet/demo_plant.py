@@ -1,8 +1,8 @@
 """The demo's plant: pumps served over OPC-UA as a PLC would, their bearings wearing over time.
 
 An asyncua server on the demo's own event loop, one object per pump (``ns=2;s=<pump>.<tag>``)
-with the tags ``temperature``, ``vibration`` and ``pressure``, written every ``interval_s`` from
-the same pump model the agent's simulated source uses.
+with the tags ``temperature``, ``vibration`` and ``pressure``, written every ``interval_s``.
+A worn bearing runs hotter and shakes more; pressure swings slowly whatever the wear.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import time
 from typing import Any
@@ -17,24 +18,44 @@ from typing import Any
 from asyncua import ua
 from asyncua.server.server import Server
 
-from edge_agent.sources.simulated import PUMP_TAGS, pump_values
+__all__ = ["PUMP_TAGS", "PumpPlant", "Wear", "pump_reading"]
 
-__all__ = ["PumpPlant"]
+PUMP_TAGS = ("temperature", "vibration", "pressure")
 
 NAMESPACE = "urn:edge-inference:demo-plant"
+
+
+def pump_reading(wear: float, t: float, rng: random.Random) -> dict[str, float]:
+    """One reading of a pump whose bearing is ``wear`` (0 new, 1 worn out) at time ``t``."""
+    return {
+        "temperature": 65.0 + 15.0 * wear + rng.gauss(0, 0.5),
+        "vibration": 0.3 + 2.5 * wear**2 + abs(rng.gauss(0, 0.03)),
+        "pressure": 5.0 + 0.2 * math.sin(t / 7.0) + rng.gauss(0, 0.05),
+    }
+
+
+class Wear:
+    """A bearing that runs like new for ``healthy_s``, wears out over ``wear_s``, is replaced."""
+
+    def __init__(self, healthy_s: float, wear_s: float) -> None:
+        self.healthy_s = healthy_s
+        self.wear_s = wear_s
+
+    def at(self, elapsed_s: float) -> float:
+        into = elapsed_s % (self.healthy_s + self.wear_s) - self.healthy_s
+        return min(1.0, max(0.0, into / self.wear_s))
 
 
 class PumpPlant:
     """Pumps on an OPC-UA server. Construct (no I/O), ``start``, ``run`` until stopped, ``stop``.
 
-    ``wear_periods`` gives each pump's time from a new bearing to a worn one, in seconds; a
-    very long period keeps a pump healthy for the whole demo.
+    ``pumps`` names each pump and how its bearing wears.
     """
 
-    def __init__(self, port: int, wear_periods: dict[str, float], interval_s: float = 0.25) -> None:
+    def __init__(self, port: int, pumps: dict[str, Wear], interval_s: float = 0.25) -> None:
         self.port = port
         self.url = f"opc.tcp://127.0.0.1:{port}/plant/"
-        self.wear_periods = wear_periods
+        self.pumps = pumps
         self.interval_s = interval_s
         self.namespace_index = 2
         self._server: Server | None = None
@@ -52,7 +73,7 @@ class PumpPlant:
         server.set_server_name("edge-inference demo plant")
         server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
         self.namespace_index = await server.register_namespace(NAMESPACE)
-        for pump in self.wear_periods:
+        for pump in self.pumps:
             folder = await server.nodes.objects.add_object(
                 f"ns={self.namespace_index};s={pump}", pump
             )
@@ -65,17 +86,13 @@ class PumpPlant:
         await server.start()
         self._server = server
 
-    def wear(self, pump: str, elapsed_s: float) -> float:
-        period = self.wear_periods[pump]
-        return (elapsed_s % period) / period
-
     async def run(self, stop: asyncio.Event) -> None:
         """Write every pump's tags each ``interval_s`` until ``stop`` is set."""
         started = time.monotonic()
         while not stop.is_set():
             elapsed = time.monotonic() - started
-            for pump, period in self.wear_periods.items():
-                values = pump_values(elapsed, period, self._rng)
+            for pump, wear in self.pumps.items():
+                values = pump_reading(wear.at(elapsed), elapsed, self._rng)
                 for tag, value in values.items():
                     await self._nodes[(pump, tag)].write_value(
                         ua.Variant(float(value), ua.VariantType.Double)
