@@ -276,7 +276,16 @@ class ModelLifecycle:
         self._executor.shutdown(wait=True)
 
     async def handle(self, message: MqttMessage) -> None:
-        """Act on one message from the control topics; never raises for a bad message."""
+        """Act on one message from the control topics; never raises (the agent keeps serving)."""
+        try:
+            await self._handle(message)
+        except Exception as err:  # a supervisor: a disk error on one command must not stop us
+            logger.exception("Control message on %s failed", message.topic)
+            self.health.count("lifecycle.failures")
+            with contextlib.suppress(Exception):
+                await self.ack("unknown", "unknown", "refused", False, f"command failed: {err}")
+
+    async def _handle(self, message: MqttMessage) -> None:
         found = read_message(self.topics, message.topic, message.payload)
         if found is None:
             return
@@ -496,8 +505,17 @@ class ModelLifecycle:
         )
 
     async def _activate(self, request: _Request) -> None:
+        """Supervise one activation: whatever goes wrong in it, the agent keeps serving."""
         try:
             await self._activate_steps(request)
+        except Exception as err:  # a supervisor: one failed activation must not stop the agent
+            logger.exception("Activation of %s@%s failed", request.model, request.version)
+            self.health.count("lifecycle.failures")
+            previous = self._serving.version if self._serving else None
+            await self.ack(
+                request.cmd_id, request.command, "refused", False, f"activation failed: {err}",
+                request.model, request.version, previous,
+            )  # fmt: skip
         finally:
             self._job_request = None
 
