@@ -631,7 +631,16 @@ class ModelLifecycle:
         self._install(candidate)
         if old_drift is not None:
             await self._publish_drift(old_drift.summary(time.time()))
-        await self._on_swap()
+        if self._group is not None:
+            # The retained status names the serving model; publishing it waits for a PUBACK,
+            # which must not hold the activation up while the broker is away.
+            self._group.create_task(self._announce_swap(), name="status-after-swap")
+
+    async def _announce_swap(self) -> None:
+        try:
+            await self._on_swap()
+        except Exception as err:  # a supervisor: the status is published again on reconnect
+            self.health.problem_once("status-after-swap", "Status not published: %s", err)
 
     async def _run_grace(
         self,

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_agent.contracts.bundle import generate_keypair
+from edge_agent.contracts.payloads import StatusPayload, decode
 from tests.edge_agent.lifecycle.conftest import Device, Keys
 from tests.support.lifecycle import complete_bundle, tamper
 
@@ -208,3 +209,26 @@ def test_swap_under_a_steady_stream_answers_every_window_once(
         weights, bias = old if result.model_version == "1" else new
         want = expected_score(sent[result.window_end], weights, bias)
         assert abs(result.outputs["score"] - want) < 1e-3
+
+
+def test_the_kept_version_serves_after_a_restart(
+    tmp_path: Path, device: Device, keys: Keys
+) -> None:
+    fleet = device.fleet
+    v2 = complete_bundle(tmp_path / "linear-2.bundle", version="2", bias=0.9, key=keys.private)
+    fleet.transfer(v2)
+    fleet.wait_ack("kept", cmd_id=fleet.activate("2"))
+    assert device.agent.stop() == 0
+
+    def onlines() -> int:
+        statuses = device.probe.on_topic(device.topics.status)
+        return sum(decode(StatusPayload, m.payload).state == "online" for m in statuses)
+
+    before = onlines()
+    # The config still names bundle 1; the store's active pointer decides.
+    device.agent.start()
+    device.probe.wait_for(lambda _m: onlines() > before, 60)
+    online = decode(StatusPayload, device.probe.on_topic(device.topics.status)[-1].payload)
+    assert online.model_version == "2"
+    restarted = device.send()
+    assert device.result_for(restarted, timeout=60).model_version == "2"
