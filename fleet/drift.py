@@ -1,7 +1,8 @@
 """Drift across the fleet: merged summaries scored against each model's baseline, worst first.
 
-Scores follow the design: PSI (natural log, fixed epsilon), Jensen-Shannon divergence, the KS
-statistic from the binned CDFs and the mean shift in baseline standard deviations. The drift gate
+Merging and scores are the agents' own (``edge_agent.contracts.drift``): PSI (natural log, fixed
+epsilon), Jensen-Shannon distance, the KS statistic from the binned CDFs and the mean shift in
+baseline standard deviations; levels use each bundle's thresholds. The drift gate
 of a rollout compares the new version's mean PSI on the devices that took it with the previous
 version's, over the same span of time.
 """
@@ -9,19 +10,18 @@ version's, over the same span of time.
 from __future__ import annotations
 
 import json
-import math
 from collections import defaultdict
 from dataclasses import dataclass
 
-from edge_agent.contracts.drift import merge_summaries
+from pydantic import ValidationError
+
+from edge_agent.contracts.baseline import Distribution
+from edge_agent.contracts.drift import level, merge_summaries, score
+from edge_agent.contracts.manifest import DriftThresholds
 from edge_agent.contracts.payloads import FeatureSummary
 from fleet.registry import DriftRecord, Registry, RolloutRecord
 
 __all__ = ["DriftRow", "drift_gate", "drift_report", "scores"]
-
-EPSILON = 1e-4  # floor for empty bins so that PSI stays finite
-PSI_WARN = 0.1
-PSI_ALERT = 0.25
 
 
 @dataclass(frozen=True)
@@ -44,38 +44,21 @@ class DriftRow:
 
 
 def scores(summary: FeatureSummary, baseline: dict[str, object] | None) -> dict[str, float]:
-    """PSI, JS, KS and mean shift of ``summary`` against one baseline distribution."""
+    """PSI, JS, KS and mean shift of ``summary`` against one stored baseline distribution, with
+    the agents' own arithmetic (``edge_agent.contracts.drift.score``)."""
     if baseline is None:
         return {}
-    fractions = baseline.get("fractions")
-    if not isinstance(fractions, list) or len(fractions) != len(summary.bins):
+    try:
+        distribution = Distribution.model_validate(baseline)
+    except ValidationError:
         return {}
-    total = sum(summary.bins)
-    if total == 0:
-        return {}
-    expected = [max(float(f), EPSILON) for f in fractions]
-    actual = [max(b / total, EPSILON) for b in summary.bins]
-    psi = sum((a - e) * math.log(a / e) for a, e in zip(actual, expected, strict=True))
-    middle = [(a + e) / 2 for a, e in zip(actual, expected, strict=True)]
-    js = 0.5 * sum(a * math.log(a / m) for a, m in zip(actual, middle, strict=True)) + 0.5 * sum(
-        e * math.log(e / m) for e, m in zip(expected, middle, strict=True)
-    )
-    ks, cdf_a, cdf_e = 0.0, 0.0, 0.0
-    for b, f in zip(summary.bins, fractions, strict=True):
-        cdf_a += b / total
-        cdf_e += float(f)
-        ks = max(ks, abs(cdf_a - cdf_e))
-    result = {"psi": psi, "js": js, "ks": ks}
-    std, mean = baseline.get("std"), baseline.get("mean")
-    if isinstance(std, int | float) and isinstance(mean, int | float) and std > 0:
-        result["mean_shift"] = (summary.mean - float(mean)) / float(std)
-    return result
+    return score(summary, distribution)
 
 
-def _level(psi: float | None) -> str:
+def _level(psi: float | None, thresholds: DriftThresholds) -> str:
     if psi is None:
         return "no baseline"
-    return "alert" if psi >= PSI_ALERT else "warn" if psi >= PSI_WARN else "ok"
+    return level({"psi": psi}, thresholds)
 
 
 def _rows(registry: Registry, records: list[DriftRecord]) -> list[DriftRow]:
@@ -87,11 +70,18 @@ def _rows(registry: Registry, records: list[DriftRecord]) -> list[DriftRow]:
                 key = (record.model, record.model_version, kind, name)
                 groups[key].append((record.device, FeatureSummary.model_validate(values)))
     baselines: dict[tuple[str, str], dict[str, object] | None] = {}
+    thresholds: dict[tuple[str, str], DriftThresholds] = {}
     rows = []
     for (model, version, kind, name), entries in groups.items():
         if (model, version) not in baselines:
             found = registry.model(model, version)
             baselines[(model, version)] = found.baseline if found is not None else None
+            limits = found.manifest.get("drift_thresholds") if found is not None else None
+            thresholds[(model, version)] = (
+                DriftThresholds.model_validate(limits)
+                if isinstance(limits, dict)
+                else DriftThresholds()
+            )
         baseline = baselines[(model, version)] or {}
         section = baseline.get("features" if kind == "feature" else "outputs")
         reference = section.get(name) if isinstance(section, dict) else None
@@ -101,7 +91,7 @@ def _rows(registry: Registry, records: list[DriftRecord]) -> list[DriftRow]:
             continue  # summaries from different baselines under one version: not comparable
         if merged is None:
             continue
-        score = scores(merged, reference if isinstance(reference, dict) else None)
+        found_scores = scores(merged, reference if isinstance(reference, dict) else None)
         rows.append(
             DriftRow(
                 model=model,
@@ -111,12 +101,12 @@ def _rows(registry: Registry, records: list[DriftRecord]) -> list[DriftRow]:
                 devices=len({device for device, _ in entries}),
                 windows=len(entries),
                 count=merged.count,
-                psi=score.get("psi"),
-                js=score.get("js"),
-                ks=score.get("ks"),
-                mean_shift=score.get("mean_shift"),
+                psi=found_scores.get("psi"),
+                js=found_scores.get("js"),
+                ks=found_scores.get("ks"),
+                mean_shift=found_scores.get("mean_shift"),
                 mean=merged.mean,
-                level=_level(score.get("psi")),
+                level=_level(found_scores.get("psi"), thresholds[(model, version)]),
             )
         )
     rows.sort(key=lambda row: (-(row.psi if row.psi is not None else -1.0), row.model, row.name))

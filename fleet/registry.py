@@ -501,7 +501,10 @@ class Registry(ABC):
             return 0
         names = list(_SCHEMA["drift"][0])
         sql = self._upsert_sql("drift", names, update=False)
-        rows = [[_encode(name, getattr(record, name)) for name in names] for record in records]
+        # One key order for every writer: two workers storing copies of the same summaries
+        # then wait for each other instead of deadlocking.
+        ordered = sorted(records, key=lambda record: (record.device, record.seq))
+        rows = [[_encode(name, getattr(record, name)) for name in names] for record in ordered]
         with self.transaction():
             return self._execute_many(sql, rows)
 
@@ -629,14 +632,28 @@ class PostgresRegistry(Registry):
         if schema is not None:
             self._execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
             self._execute(f"SET search_path TO {schema}")
+        # Only missing tables are created: DDL on a live table takes locks that would make the
+        # workers' writes wait each time a CLI command opens the registry.
+        present = {
+            row["name"]
+            for row in self._query(
+                "SELECT table_name AS name FROM information_schema.tables "
+                "WHERE table_schema = current_schema()"
+            )
+        }
         for table, (columns, keys) in _SCHEMA.items():
+            if table in present:
+                continue
             spec = ", ".join(f"{name} {_PG_TYPES[kind]}" for name, kind in columns.items())
             self._execute(
                 f"CREATE TABLE IF NOT EXISTS {table} ({spec}, PRIMARY KEY ({', '.join(keys)}))"
             )
-        for table, columns_ in _INDEXES:
-            name = f"idx_{table}_{'_'.join(columns_)}"
-            self._execute(f"CREATE INDEX IF NOT EXISTS {name} ON {table} ({', '.join(columns_)})")
+            for indexed, columns_ in _INDEXES:
+                if indexed == table:
+                    name = f"idx_{table}_{'_'.join(columns_)}"
+                    self._execute(
+                        f"CREATE INDEX IF NOT EXISTS {name} ON {table} ({', '.join(columns_)})"
+                    )
 
     def _execute(self, sql: str, params: Sequence[object] = ()) -> int:
         try:

@@ -116,13 +116,23 @@ class FleetServer:
                     self.counters["registry_errors"] += 1
                     self._log_once("registry", "Registry error (the worker keeps serving): %s", err)
             if drift:
-                try:
-                    self.counters["drift.stored"] += self.registry.add_drift(drift)
-                except RegistryError as err:
-                    self.counters["registry_errors"] += 1
-                    self._log_once("registry", "Registry error (the worker keeps serving): %s", err)
+                self._store_drift(drift)
             for message in batch:
                 self.client.ack(message)
+
+    def _store_drift(self, drift: list[DriftRecord]) -> None:
+        """Store a batch; a failed batch (a lost connection, a conflict with another worker's
+        transaction) is tried again once before its summaries are counted as lost."""
+        for attempt in (1, 2):
+            try:
+                self.counters["drift.stored"] += self.registry.add_drift(drift)
+                return
+            except RegistryError as err:
+                self.counters["registry_errors"] += 1
+                if attempt == 2:
+                    self.counters["drift.lost"] += len(drift)
+                    logger.error("Lost %d drift summaries: the registry refused them: %s",
+                                 len(drift), err)  # fmt: skip
 
     def _handle(self, message: MqttMessage, drift: list[DriftRecord]) -> None:
         parts = parse_topic(self.prefix, message.topic)

@@ -163,7 +163,7 @@ class _Shard:
         base, _, kind = msg.topic.rpartition("/")
         device = self.devices.get(base)
         payload = bytes(msg.payload)
-        if device is None or not payload:
+        if device is None or not payload or device.id in self.swarm.silent:
             return
         try:
             if kind == "transfer":
@@ -274,8 +274,10 @@ class Swarm:
         shards: int = 1,
         refuse: set[str] | None = None,
         drop_chunk: Callable[[SimDevice, TransferChunkPayload], bool] | None = None,
+        silent: set[str] | None = None,
     ) -> None:
         self.host, self.port = host, port
+        self.silent = silent or set()  # devices that stay online but never answer
         self.lock = threading.RLock()
         self.refuse = refuse or set()
         self.drop_chunk = drop_chunk

@@ -242,3 +242,19 @@ def test_operator_pause_resume_rollback_abort(fleet: Fleet) -> None:
                 "the rolled back devices on version 1",
             )
             assert run("fleet", *fleet.args, "rollout", "abort", other).returncode == 1
+
+
+def test_a_device_that_never_answers_times_out_and_halts_the_rollout(
+    fleet: Fleet, serve: FleetServe
+) -> None:
+    with Swarm(
+        "127.0.0.1", fleet.port, fleet.prefix, count=3, model="linear", silent={"sim-000"}
+    ) as swarm:
+        fleet.wait_devices(3)
+        fleet.publish("2")
+        rollout = fleet.start("linear@2", "--to", "all", "--canary", "1", "--timeout", "2")
+        wait_until(lambda: fleet.rollout_state(rollout) == "halted", "the rollout to halt")
+        states = fleet.device_states(rollout)
+        assert states == {"sim-000": "timed_out", "sim-001": "pending", "sim-002": "pending"}
+        assert swarm.versions() == {"sim-000": "1", "sim-001": "1", "sim-002": "1"}
+        assert "no result within 2 s" in fleet.cli("rollout", "status", rollout)

@@ -75,7 +75,10 @@ def test_two_workers_share_the_ingest_without_loss_or_duplicates(
             with open_db() as registry:
                 return len(registry.drift())
 
-        wait_until(lambda: rows() == 200, "every summary stored")
+        try:
+            wait_until(lambda: rows() == 200, "every summary stored")
+        except AssertionError as err:
+            raise AssertionError(f"{err}\n{first.output()}\n{second.output()}") from None
     assert first.stop() == 0 and second.stop() == 0
     logs = [first.output(), second.output()]
     stored = [_stored(log) for log in logs]
