@@ -170,6 +170,11 @@ def run(quick: bool) -> list[Figure]:
             serve = _serve(broker.port, db, work / "serve.log")
             ingest = _drain_rate(registry.drift_count, summaries)
 
+            _publish(registry, work, "2")
+            _publish(registry, work, "3")
+            staged = _rollout(registry, "2", swarm, canary=10, waves=(50, 100))
+            single = _rollout(registry, "3", swarm, canary=0, waves=(100,))
+
             # Two workers sharing the ingest (MQTT 5 shared subscription), on a new backlog.
             second = _serve(broker.port, db, work / "serve-2.log", worker=1)
             _wait(lambda: "Fleet worker" in (work / "serve-2.log").read_text(), "worker 2")
@@ -183,10 +188,6 @@ def run(quick: bool) -> list[Figure]:
             shared = _drain_rate(lambda: registry.drift_count() - base, summaries)
             _stop(second)
 
-            _publish(registry, work, "2")
-            _publish(registry, work, "3")
-            staged = _rollout(registry, "2", swarm, canary=10, waves=(50, 100))
-            single = _rollout(registry, "3", swarm, canary=0, waves=(100,))
             registry.close()
         finally:
             _stop(serve)
