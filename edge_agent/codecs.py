@@ -60,6 +60,8 @@ def parse_json(payload: bytes) -> Any:
         ) from err
     except RecursionError as err:
         raise InputRejected("not_json", "payload nests too deeply") from err
+    except ValueError as err:  # an integer literal longer than Python converts (4300 digits)
+        raise InputRejected("not_json", f"payload is not usable JSON ({err})") from err
 
 
 def to_float(value: object, name: str) -> float:
@@ -67,7 +69,12 @@ def to_float(value: object, name: str) -> float:
     if isinstance(value, bool) or value is None:
         raise InputRejected("not_a_number", f"{name} is {json.dumps(value)}, not a number")
     if isinstance(value, int | float):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            raise InputRejected(
+                "non_finite", f"{name} is an integer too large for a float"
+            ) from None
     else:
         raise InputRejected(
             "not_a_number", f"{name} is {type(value).__name__} {str(value)[:40]!r}, not a number"

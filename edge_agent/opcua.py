@@ -210,7 +210,10 @@ class OpcUaSession:
             await self._close()
             if outage_started is None:
                 outage_started = time.monotonic()
-                logger.warning("OPC-UA server %s lost (%s); reconnecting", self.url, reason)
+                if first:
+                    logger.warning("OPC-UA server %s unreachable (%s); retrying", self.url, reason)
+                else:
+                    logger.warning("OPC-UA server %s lost (%s); reconnecting", self.url, reason)
             self.state = "reconnecting"
             self._health.count(f"opcua.reconnects.{config.name}")
             # Full jitter keeps a plant's agents from reconnecting in lockstep after a PLC reboot.

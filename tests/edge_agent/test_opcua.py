@@ -15,7 +15,7 @@ from tests.support.agent_config import write_agent_config
 from tests.support.models import linear_bundle
 from tests.support.mosquitto import Mosquitto
 from tests.support.mqtt import Probe
-from tests.support.opcua import OpcUaTestServer, Tag
+from tests.support.opcua import OpcUaTestServer, Tag, make_certificate
 from tests.support.processes import AgentProcess
 
 pytestmark = pytest.mark.slow
@@ -274,5 +274,55 @@ writes = [
             wait_until(lambda: server.read("health") == 1 + 20 + 400 + 0.5, "the second write")
             assert agent.stop() == 0
         assert "Traceback" not in agent.output()
+    finally:
+        server.close()
+
+
+def test_basic256sha256_with_user_and_password(
+    tmp_path: Path, broker: Mosquitto, topic_prefix: str
+) -> None:
+    server_cert = make_certificate(tmp_path / "pki", "plc", server=True)
+    client_cert, client_key = make_certificate(tmp_path / "pki", "edge-agent", server=False)
+    server = OpcUaTestServer(
+        [Tag("temperature", 70.0), Tag("vibration", 0.3), Tag("pressure", 5.0)],
+        secured=server_cert,
+        users={"edge": "s3cret"},
+    )
+    server.start()
+    try:
+        security = f"""
+[sources.security]
+policy = "Basic256Sha256"
+mode = "SignAndEncrypt"
+certificate = "{client_cert}"
+private_key = "{client_key}"
+server_certificate = "{server_cert[0]}"
+username = "edge"
+password_env = "TEST_OPCUA_PASSWORD"
+"""
+        config = opcua_agent_config(
+            tmp_path, port=broker.port, prefix=topic_prefix, server=server, extra_source=security
+        )
+        state_dir = tmp_path / "state"
+        with AgentProcess(
+            config, tmp_path / "agent.log", env={"TEST_OPCUA_PASSWORD": "s3cret"}
+        ) as agent:
+            agent.wait_for_log("serving")
+            wait_until(lambda: samples_received(state_dir) >= 3, "the initial values")
+            server.write("temperature", 71.5)
+            wait_until(lambda: samples_received(state_dir) >= 4, "a value over the secure channel")
+            assert agent.stop() == 0
+        assert "s3cret" not in agent.output()
+
+        (state_dir / "status.json").unlink()
+        with AgentProcess(
+            config, tmp_path / "refused.log", env={"TEST_OPCUA_PASSWORD": "wrong"}
+        ) as agent:
+            agent.wait_for_log("unreachable (BadUserAccessDenied")
+            assert source_state(state_dir) != "connected"
+            assert samples_received(state_dir) == 0
+            assert agent.alive()
+            assert agent.stop() == 0
+        assert "wrong" not in agent.output().replace("wrong password", "")
     finally:
         server.close()

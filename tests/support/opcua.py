@@ -12,15 +12,55 @@ import logging
 import threading
 from collections.abc import Coroutine
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from asyncua import Server, ua
+from asyncua.crypto.cert_gen import setup_self_signed_certificate
+from asyncua.server.user_managers import User, UserManager, UserRole
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from tests.support.mosquitto import free_port, port_open
 
 T = TypeVar("T")
 
 NAMESPACE = "urn:edge-inference:test"
+
+
+class _Users(UserManager):
+    """Accepts exactly the configured user names and passwords."""
+
+    def __init__(self, users: dict[str, str]) -> None:
+        self.users = users
+
+    def get_user(
+        self,
+        iserver: Any,
+        username: str | None = None,
+        password: str | None = None,
+        certificate: Any = None,
+    ) -> User | None:
+        if username is not None and self.users.get(username) == password:
+            return User(role=UserRole.User)
+        return None
+
+
+def make_certificate(directory: Path, name: str, *, server: bool) -> tuple[Path, Path]:
+    """A self-signed certificate (DER) and key (PEM) for a test server or client."""
+    directory.mkdir(parents=True, exist_ok=True)
+    cert, key = directory / f"{name}.der", directory / f"{name}.pem"
+    usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+    asyncio.run(
+        setup_self_signed_certificate(
+            key,
+            cert,
+            f"urn:edge-inference:test:{name}",
+            "127.0.0.1",
+            [usage],
+            {"commonName": name, "organizationName": "edge-inference tests"},
+        )
+    )
+    return cert, key
 
 
 @dataclass(frozen=True)
@@ -33,8 +73,19 @@ class Tag:
 
 
 class OpcUaTestServer:
-    def __init__(self, tags: list[Tag], *, port: int | None = None) -> None:
+    def __init__(
+        self,
+        tags: list[Tag],
+        *,
+        port: int | None = None,
+        secured: tuple[Path, Path] | None = None,
+        users: dict[str, str] | None = None,
+    ) -> None:
+        """``secured`` (certificate, private key) offers only Basic256Sha256 SignAndEncrypt;
+        ``users`` (name -> password) then accepts only those users, no anonymous client."""
         self.tags = tags
+        self.secured = secured
+        self.users = users
         self.port = port or free_port()
         self.endpoint = f"opc.tcp://127.0.0.1:{self.port}/edge/"
         self.namespace_index = 2
@@ -55,12 +106,20 @@ class OpcUaTestServer:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
     async def _start(self) -> None:
-        server = Server()
+        users = self.users
+        server = Server(user_manager=_Users(users) if users is not None else None)
         await server.init()
         server.set_endpoint(self.endpoint)
         server.set_server_name("edge-inference test PLC")
-        # Plain endpoint only: tests that need Basic256Sha256 build their own with certificates.
-        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        if self.secured is None:
+            server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        else:
+            certificate, key = self.secured
+            server.set_security_policy([ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
+            await server.load_certificate(str(certificate))
+            await server.load_private_key(str(key))
+        if users is not None:
+            server.set_security_IDs(["Username"])
         self.namespace_index = await server.register_namespace(NAMESPACE)
         folders: dict[str, Any] = {}
         for tag in self.tags:
