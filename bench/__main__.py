@@ -12,7 +12,7 @@ import sys
 from bench.common import Figure, print_table
 
 # Benchmark modules, in the order their rows appear.
-MODULES: list[str] = ["converters", "fleet", "dataplane", "lifecycle"]
+MODULES: list[str] = ["converters", "dataplane", "outbox", "lifecycle", "fleet"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from edge_agent.errors import OutboxError
@@ -50,10 +50,11 @@ class PendingRecord:
     payload: bytes
     qos: int = 1
     retain: bool = False
+    size: int = field(init=False)  # topic and payload in bytes, what the caps count
 
-    @property
-    def size(self) -> int:
-        return len(self.topic.encode()) + len(self.payload)
+    def __post_init__(self) -> None:
+        # Computed once: the caps read it several times per record on the hot path.
+        object.__setattr__(self, "size", len(self.topic.encode()) + len(self.payload))
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +135,11 @@ def count_fitting(
     incoming: Sequence[tuple[int, PendingRecord]], rows: int, size: int, limits: BufferLimits
 ) -> int:
     """How many of ``incoming``, taken in order, fit beside ``rows`` records of ``size`` bytes."""
+    if (
+        rows + len(incoming) <= limits.max_rows
+        and size + sum(record.size for _seq, record in incoming) <= limits.max_bytes
+    ):
+        return len(incoming)  # the usual case, without walking the batch
     count = 0
     for _seq, record in incoming:
         rows += 1

@@ -228,8 +228,9 @@ class SqliteBuffer:
             if limits.overflow == "drop_newest":
                 dropped_newest = len(incoming) - fits
                 incoming = incoming[:fits]
+        rows_in = [(seq, r.topic, r.payload, r.qos, int(r.retain), r.size) for seq, r in incoming]
         rows = self._rows + len(incoming)
-        size = self._bytes + sum(record.size for _seq, record in incoming)
+        size = self._bytes + sum(row[5] for row in rows_in)
         dropped_oldest = 0
         db = self._db
         try:
@@ -237,7 +238,7 @@ class SqliteBuffer:
             db.executemany(
                 "INSERT INTO outbox (seq, topic, payload, qos, retain, size) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                [(seq, r.topic, r.payload, r.qos, int(r.retain), r.size) for seq, r in incoming],
+                rows_in,
             )
             if limits.overflow == "drop_oldest" and (
                 rows > limits.max_rows or size > limits.max_bytes
