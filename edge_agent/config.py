@@ -381,7 +381,8 @@ class OutboxConfig(_Section):
     # "full": a committed batch survives a power cut; "normal": a power cut may lose the commits
     # since the last WAL checkpoint (faster on slow flash). See docs/durability.md.
     synchronous: Literal["full", "normal"] = "full"
-    replay_rate: float = Field(1000.0, ge=0)  # records/s while forwarding a backlog; 0: unpaced
+    # Records/s a backlog drains at, on top of live results (never paced); 0: unpaced.
+    replay_rate: float = Field(1000.0, ge=0)
     latest: bool = True  # also publish each asset's newest result, retained, on latest/<asset>
 
 

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from edge_agent.health import Health
     from edge_agent.sinks.base import Sink
 
-__all__ = ["CLOCK_JUMP_S", "Outbox", "OutboxItem", "PayloadFactory"]
+__all__ = ["CLOCK_JUMP_S", "Outbox", "OutboxItem", "PayloadFactory", "ReplayPacer"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,26 +77,43 @@ def _uptime_clock() -> float:
     return time.clock_gettime(getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC))
 
 
-class _Pacer:
-    """A token bucket: at most ``rate`` sends per second, in bursts of up to ``burst``."""
+class ReplayPacer:
+    """How many records the forwarder may send now: a backlog goes out at most ``rate`` records/s
+    (in bursts of up to ``burst``) faster than new records are made.
 
-    def __init__(self, rate: float, burst: int) -> None:
+    Records stored while the uplink is up are live: each is credited at once, so live results are
+    never held back by pacing, however fast they come. What was stored during an outage, or
+    before a restart, is drained by the time-based tokens alone.
+    """
+
+    def __init__(
+        self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.rate = rate
         self.burst = burst
+        self._clock = clock
         self._tokens = float(burst)
-        self._at = time.monotonic()
+        self._credit = 0
+        self._at = clock()
+
+    def credit(self, count: int) -> None:
+        """``count`` live records were stored: let as many more go out."""
+        if self.rate > 0:
+            self._credit += count
 
     def available(self) -> int:
         if self.rate <= 0:
             return self.burst
-        now = time.monotonic()
+        now = self._clock()
         self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
         self._at = now
-        return int(self._tokens)
+        return int(self._tokens) + self._credit
 
     def take(self, count: int) -> None:
         if self.rate > 0:
-            self._tokens -= count
+            from_credit = min(count, self._credit)
+            self._credit -= from_credit
+            self._tokens -= count - from_credit
 
     def wait_s(self) -> float:
         return max(0.001, (1 - self._tokens) / self.rate) if self.rate > 0 else 0.0
@@ -134,7 +151,7 @@ class Outbox:
         self._site = site
         self._alerts_topic = alerts_topic
         self._max_inflight = max_inflight
-        self._pacer = _Pacer(replay_rate, max_inflight)
+        self._pacer = ReplayPacer(replay_rate, max_inflight)
         self._wall_clock = wall_clock
         self._uptime_clock = uptime_clock
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="outbox")
@@ -288,6 +305,8 @@ class Outbox:
             await self._publish_directly(records)
             self._publish_latest(items, records)
             return
+        if self._sink.ready:
+            self._pacer.credit(added.stored)
         self._stored_ok(added, buffer)
         self._publish_latest(items, records)
 

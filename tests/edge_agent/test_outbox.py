@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.buffers import Buffer, BufferLimits, MemoryBuffer, SqliteBuffer
+from edge_agent.buffers import Buffer, BufferLimits, MemoryBuffer, PendingRecord, SqliteBuffer
 from edge_agent.contracts.dedup import Deduplicator
 from edge_agent.contracts.payloads import DeviceAlertPayload, ResultPayload, decode
 from edge_agent.contracts.topics import DeviceTopics
 from edge_agent.health import Health
 from edge_agent.mqtt import MqttClient, MqttSettings
-from edge_agent.outbox import Outbox, OutboxItem
+from edge_agent.outbox import Outbox, OutboxItem, ReplayPacer
 from edge_agent.sinks.mqtt import MqttSink
 from tests.support.collector import Collector
 from tests.support.mosquitto import Mosquitto, free_port, require_mosquitto, start_mosquitto
@@ -396,16 +396,49 @@ def test_the_newest_result_is_retained_on_the_latest_topic(
 
 
 @pytest.mark.slow
-def test_replay_is_paced(tmp_path: Path, broker: Mosquitto) -> None:
+def test_a_backlog_from_before_a_restart_is_replayed_paced(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    """Records left by the previous run are a backlog: they drain at ``replay_rate``."""
+    path = tmp_path / "outbox.db"
+    before = SqliteBuffer(path)
+    before.add([(seq, PendingRecord(TOPICS.results("a"), b"{}")) for seq in before.reserve(210)])
+    before.close()
+
     async def body() -> float:
-        buffer = partial(SqliteBuffer, tmp_path / "outbox.db")
+        buffer = partial(SqliteBuffer, path)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         async with running_outbox(broker.port, buffer, max_inflight=10, replay_rate=100) as run:
-            await run.wait(lambda: run.uplink.connected)
-            loop = asyncio.get_running_loop()
-            started = loop.time()
-            await run.outbox.store([result_item("a", i) for i in range(210)])
-            await run.wait(lambda: run.gauge("outbox.rows") == 0)
+            await run.wait(lambda: run.counter("outbox.delivered") == 210)
             return loop.time() - started
 
     # A lower bound only: 200 records beyond the first burst of 10 at 100/s take at least 2 s.
     assert asyncio.run(body()) >= 1.9
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_pacer_lets_live_records_through_and_paces_only_the_backlog() -> None:
+    clock = FakeClock()
+    pacer = ReplayPacer(100.0, 10, clock)
+    assert pacer.available() == 10  # a first burst
+    pacer.take(10)
+    assert pacer.available() == 0
+    clock.now += 0.05
+    assert pacer.available() == 5  # the backlog: 100 records/s
+    pacer.credit(300)  # live records stored while the uplink is up go out at once
+    assert pacer.available() == 305
+    pacer.take(302)
+    assert pacer.available() == 3  # credit first, then the backlog's tokens
+    clock.now += 10
+    assert pacer.available() == 10  # tokens never pile up beyond a burst
+    unpaced = ReplayPacer(0.0, 10, clock)
+    unpaced.credit(5)
+    assert unpaced.available() == 10
