@@ -93,7 +93,7 @@ def test_convert_serve_and_list(
         assert all(m.qos == 1 for m in received)
         payloads = [decode(ResultPayload, m.payload) for m in received]
         by_ts = {p.window_end: (p, m.topic) for p, m in zip(payloads, received, strict=True)}
-        assert len(by_ts) == len(rows)
+        assert len(by_ts) == len(rows), sorted((p.window_end, p.seq, t) for p, t in by_ts.values())
         expected_proba = pipeline.predict_proba(rows)
         expected_label = pipeline.predict(rows)
         for i in range(len(rows)):
