@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import getpass
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -22,7 +21,7 @@ from edge_agent.mqtt import MqttClient, MqttSettings
 from edge_agent.outbox import Outbox, OutboxItem, ReplayPacer
 from edge_agent.sinks.mqtt import MqttSink
 from tests.support.collector import Collector
-from tests.support.mosquitto import Mosquitto, free_port, require_mosquitto, start_mosquitto
+from tests.support.mosquitto import Mosquitto, free_port, persistent_broker, require_mosquitto
 from tests.support.mqtt import Received
 
 TOPICS = DeviceTopics("outbox-test", "plant-a", "press-01")
@@ -115,20 +114,6 @@ def results(messages: list[Received]) -> list[ResultPayload]:
 def deduplicated(messages: list[Received]) -> list[ResultPayload]:
     dedup = Deduplicator()
     return [r for r in results(messages) if dedup.is_new_payload(r)]
-
-
-def persistent_broker(directory: Path) -> Mosquitto:
-    """A broker that keeps sessions and queued messages across a restart (a file on disk).
-
-    ``user`` keeps mosquitto from dropping to its own user, which could not write here.
-    """
-    require_mosquitto()
-    return start_mosquitto(
-        directory,
-        extra_config=(
-            f"user {getpass.getuser()}\npersistence true\npersistence_location {directory}/\n"
-        ),
-    )
 
 
 @pytest.mark.slow

@@ -17,8 +17,12 @@ def write_agent_config(
     site: str = "plant-a",
     asset_level: int = 2,
     heartbeat_s: float = 1.0,
+    client_id: str | None = None,
     extra: str = "",
 ) -> Path:
+    """``client_id`` fixes the base of the agent's MQTT client ids (each connection appends its
+    role), so a restarted agent finds its persistent sessions under the same ids."""
+    broker_id = f'client_id = "{client_id}"\n' if client_id is not None else ""
     path.write_text(
         f"""
 topic_prefix = "{prefix}"
@@ -32,7 +36,7 @@ state_dir = "{state_dir}"
 [broker]
 host = "127.0.0.1"
 port = {port}
-keepalive_s = 5
+{broker_id}keepalive_s = 5
 reconnect_max_s = 2
 
 [model]

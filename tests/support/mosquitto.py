@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import os
 from pathlib import Path
 
@@ -9,7 +10,14 @@ import pytest
 
 from fleet.broker import INSTALL_HINT, MosquittoProcess, find_mosquitto, free_port, port_open
 
-__all__ = ["Mosquitto", "free_port", "port_open", "require_mosquitto"]
+__all__ = [
+    "Mosquitto",
+    "free_port",
+    "persistent_broker",
+    "port_open",
+    "require_mosquitto",
+    "start_mosquitto",
+]
 
 Mosquitto = MosquittoProcess
 
@@ -28,3 +36,16 @@ def start_mosquitto(directory: Path, extra_config: str = "") -> MosquittoProcess
     server = MosquittoProcess(directory, binary=require_mosquitto(), extra_config=extra_config)
     server.start()
     return server
+
+
+def persistent_broker(directory: Path) -> MosquittoProcess:
+    """A broker that keeps sessions and queued messages across a restart (a file on disk).
+
+    ``user`` keeps mosquitto from dropping to its own user, which could not write here.
+    """
+    return start_mosquitto(
+        directory,
+        extra_config=(
+            f"user {getpass.getuser()}\npersistence true\npersistence_location {directory}/\n"
+        ),
+    )
