@@ -10,7 +10,15 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    TypeAdapter,
+    ValidationError,
+    model_serializer,
+)
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -152,6 +160,19 @@ class FeatureSummary(BaseModel):
     max: float | None = None
     mean: float = 0.0
     m2: float = 0.0  # sum of squared deviations from the mean (Welford / Chan)
+
+    @model_serializer(mode="wrap")
+    def _compact(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A summary goes out per feature every window: counters that are zero and an absent
+        # min/max are left out (their defaults restore them), a quarter of its size.
+        data: dict[str, Any] = handler(self)
+        for key in ("missing", "non_finite", "out_of_range"):
+            if data.get(key) == 0:
+                del data[key]
+        for key in ("min", "max"):
+            if key in data and data[key] is None:
+                del data[key]
+        return data
 
 
 class DriftSummaryPayload(SequencedPayload):

@@ -44,3 +44,15 @@ def test_different_bins_are_refused_and_empty_windows_merge() -> None:
     both = merge_pair(empty, one)
     assert merge_summaries([]) is None
     assert both.count == 1 and both.missing == 3 and both.mean == 0.5
+
+
+def test_a_summary_leaves_out_zero_counters_and_comes_back_whole() -> None:
+    quiet = FeatureSummary(bins=[0, 3, 0], count=3, min=0.0, max=2.0, mean=1.0, m2=2.0)
+    text = quiet.model_dump_json()
+    assert "missing" not in text and "non_finite" not in text and "out_of_range" not in text
+    assert '"min":0.0' in text  # a zero minimum is a value, not an absent one
+    assert FeatureSummary.model_validate_json(text) == quiet
+    troubled = FeatureSummary(bins=[1], count=0, missing=2, non_finite=1, out_of_range=4)
+    text = troubled.model_dump_json()
+    assert '"min"' not in text
+    assert FeatureSummary.model_validate_json(text) == troubled
