@@ -12,8 +12,8 @@ building and encoding each result's JSON payload (pydantic), which the baseline 
 Replay: the results stored above wait while the uplink is down; then it connects and the figure is
 the rate at which the broker acknowledges them (PUBACK) and the outbox removes them, unpaced
 (``replay_rate = 0``; by default the agent drains a backlog at 1,000 records/s on top of live
-results, so that it does not flood the broker, see docs/durability.md). The baseline is a bare paho QoS 1
-publisher sending the same payloads with the same window of messages in flight.
+results, so that it does not flood the broker, see docs/durability.md). The baseline is a bare paho
+QoS 1 publisher sending the same payloads with the same window of messages in flight.
 """
 
 from __future__ import annotations
