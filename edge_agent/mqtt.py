@@ -15,7 +15,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import paho.mqtt.client as paho
@@ -52,7 +52,7 @@ class MqttSettings:
     protocol: Literal["5", "3.1.1"] = "5"
     keepalive_s: int = 30
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)  # never in a log or a traceback
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from edge_agent.contracts.manifest import supported_file_version
 
 __all__ = ["Baseline", "Distribution", "bin_counts"]
 
@@ -64,3 +66,8 @@ class Baseline(BaseModel):
     schema_version: int = 1
     features: dict[str, Distribution]
     outputs: dict[str, Distribution] = Field(default_factory=dict)
+
+    @field_validator("schema_version")
+    @classmethod
+    def _readable_layout(cls, value: int) -> int:
+        return supported_file_version("baseline", value)

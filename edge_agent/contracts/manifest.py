@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
+    "MANIFEST_SCHEMA_VERSIONS",
     "DriftThresholds",
     "FeatureSpec",
     "ModelFormat",
@@ -18,6 +19,7 @@ __all__ = [
     "QuantizationReport",
     "WindowFeature",
     "WindowSpec",
+    "supported_file_version",
     "version_key",
 ]
 
@@ -26,6 +28,10 @@ OutputKind = Literal["probabilities", "label", "regression", "anomaly_score"]
 Aggregation = Literal["last", "mean", "std", "min", "max", "rms", "p2p", "slope", "count"]
 
 MODEL_FILES: dict[ModelFormat, str] = {"onnx": "model.onnx", "tflite": "model.tflite"}
+
+# The manifest and baseline layouts this build reads. A bundle written by a newer converter is
+# refused by name rather than half understood.
+MANIFEST_SCHEMA_VERSIONS = frozenset({1})
 
 _SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-([0-9A-Za-z.-]+))?$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -42,6 +48,17 @@ def version_key(version: str) -> tuple[int, int, int, int, str]:
         )
     major, minor, patch, pre = match.groups()
     return (int(major), int(minor), int(patch), 0 if pre else 1, pre or "")
+
+
+def supported_file_version(what: str, version: int) -> int:
+    """``version`` if this build reads that layout of ``what``; a message that says so otherwise."""
+    if version not in MANIFEST_SCHEMA_VERSIONS:
+        readable = ", ".join(str(v) for v in sorted(MANIFEST_SCHEMA_VERSIONS))
+        raise ValueError(
+            f"{what} schema_version {version} is not supported (this build reads {readable}); "
+            "upgrade edge-agent, or convert the model with a converter of the same release"
+        )
+    return version
 
 
 class _Strict(BaseModel):
@@ -156,6 +173,11 @@ class ModelManifest(_Strict):
     parity_by_format: dict[str, ParityReport] = Field(default_factory=dict)
     quantization_reports: list[QuantizationReport] = Field(default_factory=list)
     drift_thresholds: DriftThresholds = Field(default_factory=DriftThresholds)
+
+    @field_validator("schema_version")
+    @classmethod
+    def _readable_layout(cls, value: int) -> int:
+        return supported_file_version("manifest", value)
 
     @field_validator("name")
     @classmethod

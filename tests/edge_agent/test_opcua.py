@@ -121,11 +121,12 @@ def source_state(state_dir: Path) -> str:
         return ""
 
 
-def wait_until(condition: object, what: str, timeout: float = 30) -> None:
+def wait_until(condition: object, what: str, timeout: float = 90) -> None:
+    # Generous: on a loaded two-core machine the agent, the server and the broker share the CPU.
     deadline = time.monotonic() + timeout
     while not condition():  # type: ignore[operator]
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(0.05)
 
 
@@ -146,7 +147,12 @@ class Feeder:
             self.samples.append((ts, tag, value))
         wanted = self.baseline + len(self.samples)
         # All of them inside the agent before anything later is written, so none counts as late.
-        wait_until(lambda: samples_received(self.state_dir) >= wanted, f"{wanted} samples")
+        try:
+            wait_until(lambda: samples_received(self.state_dir) >= wanted, f"{wanted} samples")
+        except AssertionError as error:
+            raise AssertionError(
+                f"{error}; the agent counts {samples_received(self.state_dir)}"
+            ) from None
 
 
 def results(probe: Probe, topic: str) -> dict[float, float]:

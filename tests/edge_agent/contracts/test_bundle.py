@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from edge_agent.contracts.baseline import Baseline
 from edge_agent.contracts.bundle import (
     BundleError,
     generate_keypair,
@@ -109,3 +110,17 @@ def read_bundle_manifest() -> dict[str, object]:
         "outputs": [{"name": "y", "kind": "regression"}],
         "files": {"model.onnx": "0" * 64},
     }
+
+
+def test_a_manifest_or_baseline_of_an_unknown_layout_is_refused_by_name(tmp_path: Path) -> None:
+    path = linear_bundle(tmp_path / "newer.bundle")
+    with zipfile.ZipFile(path) as archive:
+        manifest = json.loads(archive.read("manifest.json"))
+    _rewrite(path, {"manifest.json": json.dumps(manifest | {"schema_version": 2}).encode()})
+    with pytest.raises(BundleError, match=r"manifest schema_version 2 is not supported"):
+        read_bundle(path)
+
+    baseline = {"features": {}, "schema_version": 7}
+    with pytest.raises(ValueError, match=r"baseline schema_version 7 is not supported"):
+        Baseline.model_validate(baseline)
+    assert Baseline.model_validate(baseline | {"schema_version": 1}).schema_version == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from pathlib import Path
 
@@ -187,16 +188,22 @@ def test_swap_under_a_steady_stream_answers_every_window_once(
     )
     fleet.transfer(v2)
     rng = np.random.default_rng(3)
-    rows = rng.normal([70.0, 0.3, 5.0], [5.0, 0.1, 1.0], size=(400, 3))
     sent: dict[float, np.ndarray] = {}
-    activated = None
-    for i, row in enumerate(rows):
-        sent[device.send(row)] = row
-        if i == 100:
-            activated = fleet.activate("2")
-        if i > 100 and i % 20 == 0 and not any(a.step == "active" for a in fleet.acks()):
-            continue
-    assert activated is not None
+
+    def send_rows(count: int) -> None:
+        for row in rng.normal([70.0, 0.3, 5.0], [5.0, 0.1, 1.0], size=(count, 3)):
+            sent[device.send(row)] = row
+
+    send_rows(100)
+    activated = fleet.activate("2")
+    # Readings keep streaming while the new version is checked and swapped in, however long that
+    # takes on a busy machine, and for a while after it serves.
+    deadline = time.monotonic() + 60
+    while not any(a.step == "active" and a.cmd_id == activated for a in fleet.acks()):
+        assert time.monotonic() < deadline, "version 2 never became active"
+        send_rows(10)
+        time.sleep(0.02)
+    send_rows(100)
     fleet.wait_ack("kept", cmd_id=activated)
     device.probe.wait_for(lambda _m: len({r.window_end for r in device.results()}) >= len(sent))
     results = sorted(device.results(), key=lambda r: r.window_end)
