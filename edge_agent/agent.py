@@ -117,7 +117,11 @@ class Agent:
         model = await self.lifecycle.start()
         logger.info("Model %s loaded (%s)", model.manifest.label, model.runner.format)
         self._builder = build_window_builder(
-            config.windows, model.manifest, model.baseline_means(), self.health.count
+            config.windows,
+            model.manifest,
+            model.baseline_means(),
+            self.health.count,
+            self.lifecycle.observe_missing,
         )
 
         try:

@@ -80,6 +80,7 @@ class DriftMonitor:
         self._feature_sums = {
             name: empty_summary(self._distribution(name, output=False)) for name in self._features
         }
+        self._missing = dict.fromkeys(self._features, 0)
         self._output_sums: dict[str, FeatureSummary] = {}
 
     def update(
@@ -94,6 +95,13 @@ class DriftMonitor:
                     self._outputs.setdefault(name, []).append(float(value))
         if self._buffered >= FOLD_ROWS:
             self._fold()
+
+    def missing(self, features: Sequence[str]) -> None:
+        """Count a row or window that had no value for these features (refused, skipped or
+        filled by the missing-tag policy): they show as ``missing``, beside the values seen."""
+        for name in features:
+            if name in self._missing:
+                self._missing[name] += 1
 
     def _fold(self) -> None:
         if self._rows:
@@ -116,6 +124,12 @@ class DriftMonitor:
     def summary(self, now: float) -> DriftReport:
         """Close the window at ``now``: return its report and start the next window."""
         self._fold()
+        for name, missing in self._missing.items():
+            if missing:
+                summary = self._feature_sums[name]
+                self._feature_sums[name] = summary.model_copy(
+                    update={"missing": summary.missing + missing}
+                )
         scores: dict[str, dict[str, float]] = {}
         levels: dict[str, Level] = {}
         for output, sums in ((False, self._feature_sums), (True, self._output_sums)):

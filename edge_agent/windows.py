@@ -40,9 +40,16 @@ MissingPolicy = Literal["skip", "last", "baseline"]
 AGGREGATIONS: tuple[str, ...] = get_args(Aggregation)
 
 Count = Callable[[str, int], None]
+# Told the model features a row or a window had no value for (refused, skipped or filled), for
+# the drift summaries' ``missing`` counts.
+Missing = Callable[[list[str]], None]
 
 
 def _ignore(name: str, amount: int) -> None:
+    pass
+
+
+def _ignore_missing(features: list[str]) -> None:
     pass
 
 
@@ -75,15 +82,17 @@ class WindowBuilder(Protocol):
 class RowWindowBuilder:
     """Each reading is one complete row: it must carry every feature. Extra tags are ignored."""
 
-    def __init__(self, features: list[str]) -> None:
+    def __init__(self, features: list[str], on_missing: Missing = _ignore_missing) -> None:
         if not features:
             raise ValueError("a model needs at least one feature")
         self.features = list(features)
+        self._on_missing = on_missing
 
     def add(self, reading: Reading, now: float) -> list[Window]:
         values = {sample.tag: sample.value for sample in reading.samples}
         missing = [name for name in self.features if name not in values]
         if missing:
+            self._on_missing(missing)
             raise InputRejected(
                 "missing_feature",
                 f"missing {', '.join(missing)} (the model needs {', '.join(self.features)})",
@@ -204,6 +213,7 @@ class FeatureWindowBuilder:
         use_uncertain: bool = True,
         max_samples_per_tag: int = 100_000,
         on_count: Count = _ignore,
+        on_missing: Missing = _ignore_missing,
     ) -> None:
         if not features:
             raise ValueError("a model needs at least one feature")
@@ -242,6 +252,7 @@ class FeatureWindowBuilder:
         self.use_uncertain = use_uncertain
         self.max_samples_per_tag = max_samples_per_tag
         self._count = on_count
+        self._on_missing = on_missing
         self._tags = set(tags)
         self._assets: dict[str, _Asset] = {}
 
@@ -421,9 +432,12 @@ class FeatureWindowBuilder:
             value = self._fill(feature, end, prior.get(feature.tag))
             if value is None:
                 self._count(f"windows.skipped_missing.{feature.tag}", 1)
+                self._on_missing([feature.name])
                 return None
             values.append(value)
             filled.append(feature.name)
+        if filled:
+            self._on_missing(filled)
         if not all(math.isfinite(value) for value in values):
             self._count("windows.non_finite", 1)  # finite samples whose aggregate overflowed
             return None
@@ -447,6 +461,7 @@ def build_window_builder(
     manifest: ModelManifest,
     baseline_means: dict[str, float] | None = None,
     on_count: Count = _ignore,
+    on_missing: Missing = _ignore_missing,
 ) -> WindowBuilder:
     """The builder for a model: the config's choices, else the bundle's window spec, else rows.
 
@@ -457,7 +472,7 @@ def build_window_builder(
     mode = config.mode or (spec.mode if spec is not None else "row")
     names = manifest.feature_names
     if mode == "row":
-        return RowWindowBuilder(names)
+        return RowWindowBuilder(names, on_missing)
     features = config.features or (spec.features if spec is not None else None)
     if features is None:
         features = features_from_names(names)
@@ -483,6 +498,7 @@ def build_window_builder(
             use_uncertain=config.use_uncertain,
             max_samples_per_tag=config.max_samples_per_tag,
             on_count=on_count,
+            on_missing=on_missing,
         )
     except ValueError as err:
         raise ConfigError(str(err), key="windows") from err

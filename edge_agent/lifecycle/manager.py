@@ -164,6 +164,11 @@ class ModelLifecycle:
         """The model that answers the next batch."""
         return self._serving.model if self._serving is not None else None
 
+    def observe_missing(self, features: list[str]) -> None:
+        """The data path had no value for these model features in a row or window."""
+        if self._drift is not None:
+            self._drift.missing(features)
+
     def observe(
         self,
         model: LoadedModel,

@@ -75,3 +75,16 @@ def test_few_values_are_summarized_but_not_leveled() -> None:
     assert report.levels == {}  # ... but too few values to raise an alarm
     empty = monitor.summary(2 * WINDOW_S)
     assert empty.features["temperature"].count == 0 and empty.scores == {}
+
+
+def test_values_the_data_path_lacked_are_counted_as_missing_in_their_window() -> None:
+    monitor = _monitor()
+    rows = np.random.default_rng(2).normal(CENTER, SPREAD, size=(10, 3)).astype(np.float32)
+    monitor.update(rows, [{"score": 1.0}] * 10)
+    monitor.missing(["vibration"])
+    monitor.missing(["vibration", "pressure", "not-a-feature"])
+    report = monitor.summary(WINDOW_S)
+    assert report.features["vibration"].missing == 2 and report.features["vibration"].count == 10
+    assert report.features["pressure"].missing == 1
+    assert report.features["temperature"].missing == 0
+    assert monitor.summary(2 * WINDOW_S).features["vibration"].missing == 0  # a new window

@@ -60,9 +60,11 @@ def test_feature_names_map_to_tag_and_aggregation() -> None:
 
 
 def test_row_builder_refuses_a_reading_without_every_feature() -> None:
-    builder = RowWindowBuilder(["a", "b"])
+    missing: Counter[str] = Counter()
+    builder = RowWindowBuilder(["a", "b"], on_missing=missing.update)
     with pytest.raises(InputRejected, match="missing b"):
         builder.add(reading("p", ("a", 1.0, 0.0)), 0.0)
+    assert missing == {"b": 1}
     [window] = builder.add(reading("p", ("b", 2.0, 1.0), ("a", 1.0, 1.0)), 0.0)
     assert window.values == [1.0, 2.0]
 
@@ -143,7 +145,10 @@ def test_out_of_order_within_lateness_is_kept_in_its_window() -> None:
 
 
 def test_missing_tag_policies() -> None:
+    missing: Counter[str] = Counter()
+
     def build(policy: str, counts: Counter[str]) -> FeatureWindowBuilder:
+        missing.clear()
         return FeatureWindowBuilder(
             [feature("a", "mean"), feature("b", "mean")],
             mode="tumbling",
@@ -153,6 +158,7 @@ def test_missing_tag_policies() -> None:
             max_age_s=1.5,
             baseline_means={"a_mean": 0.0, "b_mean": 42.0},
             on_count=lambda name, n: counts.update({name: n}),
+            on_missing=missing.update,
         )
 
     def feed(builder: FeatureWindowBuilder) -> list[list[float]]:
@@ -166,6 +172,7 @@ def test_missing_tag_policies() -> None:
     skip: Counter[str] = Counter()
     assert feed(build("skip", skip)) == [[1.0, 7.0]]
     assert skip["windows.skipped_missing.b"] == 3
+    assert missing == {"b_mean": 3}  # what the drift summary of b_mean counts as missing
     last: Counter[str] = Counter()
     # b's last value (t=0.5) stands in for windows ending up to 1.5 s later, then they are skipped.
     assert feed(build("last", last)) == [[1.0, 7.0], [2.0, 7.0]]
@@ -173,6 +180,7 @@ def test_missing_tag_policies() -> None:
     baseline: Counter[str] = Counter()
     assert feed(build("baseline", baseline)) == [[1.0, 7.0], [2.0, 42.0], [3.0, 42.0], [4.0, 42.0]]
     assert baseline["windows.filled_baseline"] == 3
+    assert missing == {"b_mean": 3}  # filled windows count as missing too
 
 
 def test_bad_quality_samples_never_feed_a_window() -> None:

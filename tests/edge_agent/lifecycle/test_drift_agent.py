@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,6 +53,13 @@ def test_summaries_and_alerts_are_published(drifting_device: Device) -> None:
     assert set(summary.outputs) == {"score"}
     assert len(summary.features["vibration"].bins) == 12  # deciles, underflow and overflow
     assert set(summary.scores["vibration"]) == {"psi", "js", "ks", "mean_shift"}
+    assert all(s.features["pressure"].missing == 0 for s in _summaries(device))
+
+    # A reading without pressure is refused, and its window's summary counts pressure missing.
+    lacking = {"temperature": 70.0, "vibration": 0.3, "ts": 1_700_000_000.0 + device.sent}
+    device.probe.publish(f"{device.prefix}-in/line-2/press-1/reading", json.dumps(lacking))
+    feed_until(device, lambda: any(s.features["pressure"].missing for s in _summaries(device)))
+    assert sum(s.features["pressure"].missing for s in _summaries(device)) == 1
 
     # The bearing wears: vibration five standard deviations up.
     shift = time.time()
