@@ -200,7 +200,12 @@ class OpcUaSource:
             return
         value: ua.DataValue = data.monitored_item.Value
         origin = f"node {node.nodeid.to_string()}"
+        quality = quality_of(value.StatusCode)
         number = _number(val)
+        if number is None and quality is not Quality.GOOD:
+            # A device that cannot read its sensor reports Bad, often with no value at all: that
+            # is a bad-quality sample (counted, never fed to a window), not malformed input.
+            number = math.nan
         if number is None:
             self._health.reject(
                 "not_a_number", origin, f"tag {tag.name} is {type(val).__name__} {str(val)[:40]!r}"
@@ -211,7 +216,7 @@ class OpcUaSource:
             if self._config.timestamp == "source"
             else _epoch(value.ServerTimestamp)
         )
-        sample = Sample(tag.name, number, ts or time.time(), quality_of(value.StatusCode))
+        sample = Sample(tag.name, number, ts or time.time(), quality)
         if len(self._queue) >= QUEUE_LIMIT:
             self._queue.popleft()
             self.dropped += 1

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from asyncua import ua
 
 from edge_agent.contracts.payloads import ResultPayload, decode
 from edge_agent.contracts.topics import DeviceTopics
@@ -192,6 +193,42 @@ def test_tags_at_three_rates_become_windows_checked_value_by_value(
             assert got[end] == pytest.approx(
                 expected_score(feeder.samples, base + k, end), rel=1e-6
             ), k
+        assert agent.stop() == 0
+    assert "Traceback" not in agent.output()
+
+
+def counters(state_dir: Path) -> dict[str, float]:
+    return dict(json.loads((state_dir / "status.json").read_text())["counters"])
+
+
+def test_status_codes_become_quality_flags_and_bad_samples_feed_no_window(
+    tmp_path: Path,
+    broker: Mosquitto,
+    probe: Probe,
+    topic_prefix: str,
+    opcua_server: OpcUaTestServer,
+) -> None:
+    config = opcua_agent_config(
+        tmp_path, port=broker.port, prefix=topic_prefix, server=opcua_server
+    )
+    state_dir = tmp_path / "state"
+    with AgentProcess(config, tmp_path / "agent.log") as agent:
+        agent.wait_for_log("serving")
+        wait_until(lambda: samples_received(state_dir) >= 3, "the initial values")
+        before = samples_received(state_dir)
+        # A failed sensor: Bad, and no value at all. Then a value the PLC is unsure of.
+        opcua_server.write("pressure", None, status=ua.StatusCode(ua.StatusCodes.BadSensorFailure))
+        opcua_server.write(
+            "vibration", 0.7, status=ua.StatusCode(ua.StatusCodes.UncertainLastUsableValue)
+        )
+        opcua_server.write("temperature", 71.0)
+        wait_until(lambda: samples_received(state_dir) >= before + 3, "the three samples")
+        wait_until(lambda: "samples.quality_bad" in counters(state_dir), "the bad sample counted")
+        seen = counters(state_dir)
+        assert seen["samples.quality_bad"] == 1
+        # Uncertain values are used by default (use_uncertain = true): not dropped.
+        assert "samples.quality_uncertain" not in seen
+        assert not any(name.startswith("rejects.") for name in seen), seen
         assert agent.stop() == 0
     assert "Traceback" not in agent.output()
 

@@ -153,14 +153,19 @@ class OpcUaTestServer:
     def write(
         self,
         tag: str,
-        value: float,
+        value: float | None,
         status: ua.StatusCode | None = None,
         ts: float | None = None,
     ) -> None:
-        """Write a value, with ``ts`` (epoch seconds) as its source timestamp when given."""
+        """Write a value (None: no value, as a PLC reports a failed sensor), with ``ts`` (epoch
+        seconds) as its source timestamp when given."""
 
         async def write() -> None:
-            variant = ua.Variant(float(value), ua.VariantType.Double)
+            variant = (
+                ua.Variant(float(value), ua.VariantType.Double)
+                if value is not None
+                else ua.Variant()
+            )
             source_ts = dt.datetime.fromtimestamp(ts, dt.UTC) if ts is not None else None
             data = ua.DataValue(
                 variant,
