@@ -127,8 +127,16 @@ def _parser() -> argparse.ArgumentParser:
         metavar="VAR",
         help="read the MQTT password from this environment variable (never from the command line)",
     )
+    auth.add_argument(
+        "--tls",
+        action="store_true",
+        help="connect with TLS, checking the broker against the system's CAs "
+        "(implied by --ca-file and --cert-file)",
+    )
     auth.add_argument("--ca-file", help="CA certificate: connect with TLS and check the broker")
-    auth.add_argument("--cert-file", help="client certificate for TLS client authentication")
+    auth.add_argument(
+        "--cert-file", help="client certificate for TLS client authentication (implies --tls)"
+    )
     auth.add_argument("--key-file", help="the client certificate's key")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _serve_parser(commands)
@@ -385,7 +393,8 @@ def _settings(
         ca_file=args.ca_file,
         cert_file=args.cert_file,
         key_file=args.key_file,
-        tls=args.ca_file is not None,
+        # A client certificate only means something inside TLS: never send it in the clear.
+        tls=args.tls or args.ca_file is not None or args.cert_file is not None,
         persistent_session=persistent,
     )
 
