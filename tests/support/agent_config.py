@@ -18,10 +18,12 @@ def write_agent_config(
     asset_level: int = 2,
     heartbeat_s: float = 1.0,
     client_id: str | None = None,
+    broker: str = "",
     extra: str = "",
 ) -> Path:
     """``client_id`` fixes the base of the agent's MQTT client ids (each connection appends its
-    role), so a restarted agent finds its persistent sessions under the same ids."""
+    role), so a restarted agent finds its persistent sessions under the same ids. ``broker``
+    lines go into the ``[broker]`` table (credentials), ``extra`` at the end of the file."""
     broker_id = f'client_id = "{client_id}"\n' if client_id is not None else ""
     path.write_text(
         f"""
@@ -38,6 +40,7 @@ host = "127.0.0.1"
 port = {port}
 {broker_id}keepalive_s = 5
 reconnect_max_s = 2
+{broker}
 
 [model]
 bundle = "{bundle}"

@@ -23,7 +23,15 @@ class Received:
 class Probe:
     """Connects at construction (tests only); ``close()`` when done."""
 
-    def __init__(self, port: int, *, protocol: str = "5", client_id: str | None = None) -> None:
+    def __init__(
+        self,
+        port: int,
+        *,
+        protocol: str = "5",
+        client_id: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
         self.messages: list[Received] = []
         self._changed = threading.Condition()
         version = MQTTProtocolVersion.MQTTv5 if protocol == "5" else MQTTProtocolVersion.MQTTv311
@@ -35,6 +43,8 @@ class Probe:
         self.client.on_message = self._on_message
         self.client.max_inflight_messages_set(1000)
         self.client.max_queued_messages_set(0)
+        if username is not None:
+            self.client.username_pw_set(username, password)
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
 

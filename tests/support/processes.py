@@ -47,16 +47,31 @@ def run(
 class AgentProcess:
     """``edge-agent run --config PATH`` in the background, its log in ``log``."""
 
-    def __init__(self, config: Path, log: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        config: Path,
+        log: Path,
+        env: dict[str, str] | None = None,
+        *,
+        log_level: str = "INFO",
+    ) -> None:
         self.config = config
         self.log = log
         self._env = env
+        self._log_level = log_level
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> AgentProcess:
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                command("edge-agent", "run", "--config", str(self.config)),
+                command(
+                    "edge-agent",
+                    "run",
+                    "--config",
+                    str(self.config),
+                    "--log-level",
+                    self._log_level,
+                ),
                 env=program_env(self._env),
                 stdout=log,
                 stderr=subprocess.STDOUT,
