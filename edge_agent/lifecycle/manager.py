@@ -293,6 +293,10 @@ class ModelLifecycle:
     async def _handle(self, message: MqttMessage) -> None:
         found = read_message(self.topics, message.topic, message.payload)
         if found is None:
+            if message.topic == self.topics.desired:
+                # The fleet cleared the desired state: a bundle that arrives later is kept, and
+                # activated only when a command asks.
+                self._desired = None
             return
         if isinstance(found, Refusal):
             self.health.count("lifecycle.refused_commands")

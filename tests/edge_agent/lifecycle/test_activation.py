@@ -76,6 +76,23 @@ def test_desired_state_transfers_activates_and_keeps(
     assert fleet.wait_ack("active", cmd_id=again).details.get("already") == 1
 
 
+def test_a_cleared_desired_state_is_forgotten(tmp_path: Path, device: Device, keys: Keys) -> None:
+    fleet = device.fleet
+    v2 = complete_bundle(tmp_path / "linear-2.bundle", version="2", key=keys.private)
+    desired_id = fleet.desire(v2)
+    fleet.wait_ack("need_bundle", cmd_id=desired_id)
+    fleet.probe.publish(device.topics.desired, b"", retain=True)  # the fleet takes it back
+    # The bundle arrives afterwards: it is kept, but nothing asks for it to serve any more.
+    fleet.transfer(v2)
+    time.sleep(2)  # room for an activation that must not happen
+    assert [a.step for a in fleet.acks() if a.cmd_id == desired_id] == ["need_bundle"]
+    assert not any(a.step in STEPS for a in fleet.acks()), [a.step for a in fleet.acks()]
+    assert device.result_for(device.send()).model_version == "1"
+    # An explicit command still activates it.
+    activated = fleet.activate("2")
+    assert fleet.wait_ack("active", cmd_id=activated).ok
+
+
 def test_refusals_leave_the_old_model_serving(tmp_path: Path, device: Device, keys: Keys) -> None:
     fleet = device.fleet
     other_private, _other_public = generate_keypair()
