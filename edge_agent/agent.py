@@ -116,6 +116,12 @@ class Agent:
 
         model = await self.lifecycle.start()
         logger.info("Model %s loaded (%s)", model.manifest.label, model.runner.format)
+        if config.model.public_key is None:
+            logger.warning(
+                "model.public_key is not set: bundles are checked against their sha256 hashes, "
+                "but not signatures, so whoever may publish on this device's command topics can "
+                "install a model; set it to the fleet's public key in production"
+            )
         self._builder = build_window_builder(
             config.windows,
             model.manifest,

@@ -148,6 +148,7 @@ def test_convert_serve_and_list(
         assert agent.stop() == 0
     assert [d["state"] for d in _fleet_devices(broker.port, topic_prefix)] == ["stopped"]
     assert "Traceback" not in agent.output()
+    assert "model.public_key is not set" in agent.output()  # unsigned bundles: said at start
 
 
 def test_last_will_says_offline(
