@@ -12,13 +12,14 @@ import pytest
 from converters import ConversionError
 from edge_agent.model import load_model
 from tests.converters.conftest import Dataset, convert_with, fresh_rows
+from tests.support.tools import require_module
 
 pytestmark = [
     pytest.mark.tensorflow,
     pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
 ]
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-keras = pytest.importorskip("keras")
+keras = require_module("keras", "convert-tf")
 LABELS = ["a", "b", "c"]
 
 

@@ -11,8 +11,9 @@ from converters import ConversionError, convert
 from edge_agent.model import load_model
 from tests.converters.conftest import Dataset, convert_with, fresh_rows, write_csv
 from tests.support.processes import run
+from tests.support.tools import require_module
 
-torch = pytest.importorskip("torch")
+torch = require_module("torch", "convert-torch")
 
 pytestmark = pytest.mark.torch
 LABELS = ["setosa", "versicolor", "virginica"]
@@ -131,21 +132,24 @@ def test_mlp_to_both_targets(tmp_path: Path, iris: Dataset, mlp: torch.nn.Module
 
 
 @pytest.mark.tensorflow
-def test_cnn_to_tflite_quantized(tmp_path: Path, windows: Dataset) -> None:
+def test_cnn_to_onnx_and_tflite_quantized(tmp_path: Path, windows: Dataset) -> None:
     from tests.converters.networks import VibrationCNN, train
 
     torch.manual_seed(0)
     model = VibrationCNN()
     train(model, torch.from_numpy(windows.x), torch.from_numpy(windows.y), epochs=20)
     torch.save(model, tmp_path / "cnn.pt")
-    bundle, float_manifest = convert_with(tmp_path, tmp_path / "cnn.pt", windows, target="tflite")
-    parity = float_manifest.parity_by_format["tflite"]
-    assert parity.passed and parity.max_abs_error["prediction"] < 1e-3
-    served = load_model(bundle)
+    bundle, float_manifest = convert_with(tmp_path, tmp_path / "cnn.pt", windows, target="both")
+    assert float_manifest.formats == ["onnx", "tflite"]
     rows = fresh_rows(windows)
-    got = np.array([r["prediction"] for r in served.predict(rows)])
     expected = _torch_out(model, rows)[:, 0]
-    assert np.abs(got - expected).max() <= 1e-4 * max(1.0, float(np.abs(expected).max()))
+    for runner in ("onnx", "tflite"):
+        parity = float_manifest.parity_by_format[runner]
+        assert parity.passed and parity.max_abs_error["prediction"] < 1e-3, runner
+        served = load_model(bundle, runner=runner)
+        assert served.runner.format == runner
+        got = np.array([r["prediction"] for r in served.predict(rows)])
+        assert np.abs(got - expected).max() <= 1e-4 * max(1.0, float(np.abs(expected).max()))
 
     quantized, manifest = convert_with(
         tmp_path, tmp_path / "cnn.pt", windows, "q", target="tflite", quantize="static-int8"

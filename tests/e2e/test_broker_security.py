@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import getpass
 import json
-import shutil
 import subprocess
 from pathlib import Path
-
-import pytest
 
 from edge_agent.contracts.payloads import ResultPayload, StatusPayload, decode
 from edge_agent.contracts.topics import DeviceTopics
@@ -22,6 +19,7 @@ from tests.support.mosquitto import free_port, start_mosquitto
 from tests.support.mqtt import Probe
 from tests.support.processes import AgentProcess, run
 from tests.support.tls import CertificateAuthority
+from tests.support.tools import require_tool
 
 PREFIX = "secure"
 TOPICS = DeviceTopics(PREFIX, "plant-a", "press-01")
@@ -104,10 +102,10 @@ def test_agent_and_fleet_connect_with_client_certificates(tmp_path: Path) -> Non
         broker.stop()
 
 
-@pytest.mark.skipif(shutil.which("mosquitto_passwd") is None, reason="needs mosquitto_passwd")
 def test_a_password_from_a_systemd_credential_connects_and_is_never_written_out(
     tmp_path: Path,
 ) -> None:
+    require_tool("mosquitto_passwd", "mosquitto")
     secret = "s3cret-Press01-do-not-log"
     passwd = tmp_path / "passwd"
     for user, password in (("press-01", secret), ("probe", "probe-password")):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import uuid
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from fleet.acl import AclError, DeviceId, render_acl, write_broker_acl
 from tests.fleet.support import wait_until
 from tests.support.mosquitto import start_mosquitto
 from tests.support.processes import run
+from tests.support.tools import require_tool
 
 PREFIX = "edge"
 A = DeviceTopics(PREFIX, "plant-a", "press-01")
@@ -81,8 +81,8 @@ def test_bad_device_lists_are_refused_with_what_to_fix(tmp_path: Path) -> None:
         write_broker_acl(tmp_path, [DeviceId("a", "fleet")], prefix=PREFIX)
 
 
-@pytest.mark.skipif(shutil.which("mosquitto_passwd") is None, reason="needs mosquitto_passwd")
 def test_a_device_cannot_use_another_devices_topics(tmp_path: Path) -> None:
+    require_tool("mosquitto_passwd", "mosquitto")
     out = tmp_path / "acl"
     result = run(
         "fleet", "--prefix", PREFIX, "--registry", str(tmp_path / "fleet.db"), "broker-acl",

@@ -15,6 +15,7 @@ from edge_agent.runners import build_runner
 from edge_agent.runners.litert import LiteRtRunner
 from tests.converters.conftest import write_csv
 from tests.support.models import linear_onnx
+from tests.support.tools import require_module
 
 pytestmark = pytest.mark.tensorflow
 WEIGHTS = np.array([1.0, 10.0, 100.0])
@@ -53,7 +54,7 @@ def test_batches_of_any_size(tflite_bundle: Path, threads: int) -> None:
 
 def test_outputs_follow_the_signature_order(tmp_path: Path) -> None:
     """A classifier network's label comes first, its probabilities second, as in the manifest."""
-    torch = pytest.importorskip("torch")
+    torch = require_module("torch", "convert-torch")
     network = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Softmax(dim=-1))
     torch.save(network, tmp_path / "net.pt")
     rows = np.random.default_rng(2).normal(size=(30, 3)).astype(np.float32)
