@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from edge_agent.contracts.manifest import FeatureSpec, ModelManifest, OutputSpec, ParityReport
 
-__all__ = ["describe_bundle", "size_text"]
+__all__ = ["describe_bundle", "parity_lines", "size_text"]
 
 
 def size_text(size: int) -> str:
@@ -29,7 +29,8 @@ def _output(spec: OutputSpec) -> str:
     return f"{spec.name} ({spec.kind}{labels})"
 
 
-def _parity(report: ParityReport) -> list[str]:
+def parity_lines(report: ParityReport) -> list[str]:
+    """The parity certificate in a few lines, disagreeing rows listed (the first 20)."""
     verdict = "passed" if report.passed else "FAILED"
     errors = [
         f"{name} max error {error:.2g} (tolerance {report.tolerance.get(name, 0):.2g})"
@@ -68,7 +69,7 @@ def describe_bundle(
         [manifest.parity] if manifest.parity else []
     )
     for report in reports:
-        lines.extend(f"  {line}" for line in _parity(report))
+        lines.extend(f"  {line}" for line in parity_lines(report))
     for q in manifest.quantization_reports:
         changes = "; ".join(f"{n} max change {v:.2g}" for n, v in q.max_abs_change.items())
         agreement = (

@@ -143,6 +143,45 @@ def test_inspect_human_and_json(workdir: Path, tmp_path: Path) -> None:
     assert set(document["sizes"]) == {"model.onnx", "baseline.json", "golden.npz", "signature"}
 
 
+def test_a_features_file_puts_units_ranges_and_a_window_in_the_manifest(
+    workdir: Path, tmp_path: Path
+) -> None:
+    spec = tmp_path / "features.toml"
+    spec.write_text(
+        '[[features]]\nname = "petal_length"\nunit = "cm"\nvalid_min = 0\nvalid_max = 10\n'
+        '[window]\nmode = "sliding"\nlength_s = 10\nhop_s = 2\nfeatures = [\n'
+        + "".join(
+            f'  {{ name = "{name}", tag = "{name.split("_")[0]}", aggregation = "{agg}" }},\n'
+            for name, agg in [
+                ("sepal_length", "mean"),
+                ("sepal_width", "max"),
+                ("petal_length", "last"),
+                ("petal_width", "rms"),
+            ]
+        )
+        + "]\n",
+        encoding="utf-8",
+    )
+    output = _convert(workdir, tmp_path / "windowed.bundle", "--features", str(spec))
+    manifest = read_bundle(output).manifest
+    petal = manifest.inputs[manifest.feature_names.index("petal_length")]
+    assert (petal.unit, petal.valid_min, petal.valid_max) == ("cm", 0, 10)
+    assert manifest.window is not None
+    assert (manifest.window.mode, manifest.window.length_s, manifest.window.hop_s) == (
+        "sliding",
+        10,
+        2,
+    )
+    assert [(f.tag, f.aggregation) for f in manifest.window.features] == [
+        ("sepal", "mean"),
+        ("sepal", "max"),
+        ("petal", "last"),
+        ("petal", "rms"),
+    ]
+    human = run("edge-convert", "inspect", str(output), check=True).stdout
+    assert "window: sliding, 4 features" in human and "petal_length [cm, 0..10]" in human
+
+
 def test_quiet_conversion_of_a_tree_states_its_policy(workdir: Path, tmp_path: Path) -> None:
     output = tmp_path / "forest.bundle"
     result = _run_convert(workdir / "forest.joblib", workdir / "reference.csv", output, "-q")

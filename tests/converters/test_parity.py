@@ -12,6 +12,7 @@ from sklearn.neural_network import MLPClassifier
 
 from converters import ConversionError, ParityPolicy, convert
 from converters.parity import compare
+from converters.report import parity_lines
 from edge_agent.contracts.manifest import OutputSpec
 from tests.converters.conftest import Dataset
 
@@ -47,6 +48,8 @@ def test_tree_ensemble_may_flip_one_percent_of_rows_listed() -> None:
     report = compare(CLASSIFIER, expected, actual, policy=ParityPolicy(), tree_ensemble=True).report
     assert report.allowed_disagreeing_rows == 3  # 1 % of 250, rounded up
     assert report.passed and report.disagreeing_rows == [7, 99, 180]
+    # The bundle's summary shows them rather than hiding them.
+    assert "3 disagreeing rows (allowed 3): 7, 99, 180" in "\n".join(parity_lines(report))
     flipped[200] = 1
     report = compare(CLASSIFIER, expected, actual, policy=ParityPolicy(), tree_ensemble=True).report
     assert not report.passed and report.disagreeing_count == 4
