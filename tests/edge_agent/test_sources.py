@@ -92,8 +92,9 @@ interval_s = 0.05
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
 def test_the_mqtt_source_resubscribes_after_a_broker_restart(
-    tmp_path: Path, private_broker: Mosquitto, topic_prefix: str
+    tmp_path: Path, private_broker: Mosquitto, topic_prefix: str, protocol: str
 ) -> None:
     topics = DeviceTopics(topic_prefix, "plant-a", "press-01")
     config = write_agent_config(
@@ -104,10 +105,12 @@ def test_the_mqtt_source_resubscribes_after_a_broker_restart(
         state_dir=tmp_path / "state",
         input_topic="sensors/+/reading",
         asset_level=1,
+        broker=f'protocol = "{protocol}"',
     )
     reading = json.dumps({"temperature": 1.0, "vibration": 2.0, "pressure": 3.0})
     with AgentProcess(config, tmp_path / "agent.log") as agent:
-        probe = Probe(private_broker.port)
+        agent.wait_for_log(f"(MQTT {protocol})")
+        probe = Probe(private_broker.port, protocol=protocol)
         try:
             probe.subscribe(f"{topic_prefix}/#")
             probe.wait_for(_online(topics))
@@ -118,7 +121,7 @@ def test_the_mqtt_source_resubscribes_after_a_broker_restart(
 
         private_broker.restart()
         agent.wait_for_log("source sensors: reconnected")
-        probe = Probe(private_broker.port)
+        probe = Probe(private_broker.port, protocol=protocol)
         try:
             probe.subscribe(f"{topic_prefix}/#")
             probe.wait_for(_online(topics))  # the uplink is back too
