@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from edge_agent.contracts.payloads import ResultPayload, StatusPayload, decode
+from edge_agent.contracts.payloads import HeartbeatPayload, ResultPayload, StatusPayload, decode
 from edge_agent.contracts.topics import DeviceTopics
 from tests.support.agent_config import write_agent_config
 from tests.support.models import linear_bundle
@@ -81,6 +81,22 @@ def test_bad_input_is_counted_and_the_agent_keeps_serving(
             time.sleep(0.2)
         assert counted == expected
         assert agent.alive()
+        # What an operator reads: sources, queues, inference latency, outbox, model.
+        assert status["model"] == "linear@1" and status["uplink"] == "connected"
+        assert status["sources"] == {"sensors": "connected"}
+        assert status["counters"]["inference.windows"] >= 1
+        for gauge in ("queue.windows", "outbox.rows", "outbox.inflight", "inference.p99_ms"):
+            assert gauge in status["gauges"], gauge
+        assert 0 < status["gauges"]["inference.p50_ms"] <= status["gauges"]["inference.p99_ms"]
+        # The heartbeat carries the same counters to the fleet.
+        probe.wait_for(
+            lambda msgs: any(
+                m.topic == topics.heartbeat
+                and decode(HeartbeatPayload, m.payload).counters.get("rejects.not_json")
+                == len(BAD_PAYLOADS["not_json"])
+                for m in msgs
+            )
+        )
 
         human = run("edge-agent", "status", "--config", str(config), check=True).stdout
         assert "rejects.not_json" in human and "press-01" in human
