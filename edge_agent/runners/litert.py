@@ -22,13 +22,34 @@ def load_interpreter_class() -> Any:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
         try:
+            import tflite_runtime
             from tflite_runtime.interpreter import Interpreter
         except ImportError as err:
             raise ModelError(
                 "no LiteRT runtime is installed: pip install ai-edge-litert "
                 "(or tflite-runtime on older devices)"
             ) from err
+        _refuse_numpy_2_beside(tflite_runtime.__version__)
     return Interpreter
+
+
+def _refuse_numpy_2_beside(tflite_runtime_version: str) -> None:
+    """tflite-runtime's releases (the last is 2.14) are built against NumPy 1.x.
+
+    Under NumPy 2 its extension fails on the first model with an internal ``SystemError``:
+    refuse before that, saying what to install instead.
+    """
+    numpy_major = int(np.__version__.split(".")[0])
+    if numpy_major >= 2 and _major_minor(tflite_runtime_version) <= (2, 14):
+        raise ModelError(
+            f"tflite-runtime {tflite_runtime_version} is built for NumPy 1.x and cannot run with "
+            f"NumPy {np.__version__}: pip install ai-edge-litert, or numpy<2 beside tflite-runtime"
+        )
+
+
+def _major_minor(version: str) -> tuple[int, int]:
+    major, minor = (int(part) for part in version.split(".")[:2])
+    return major, minor
 
 
 def _output_order(name: str) -> tuple[int, str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,7 @@ from edge_agent.runners import build_runner
 from edge_agent.runners.litert import LiteRtRunner
 from tests.converters.conftest import write_csv
 from tests.support.models import linear_onnx
+from tests.support.processes import program_env
 from tests.support.tools import require_module
 
 pytestmark = pytest.mark.tensorflow
@@ -86,3 +89,48 @@ def test_build_runner_picks_litert_for_a_tflite_bundle(tflite_bundle: Path) -> N
     served = load_model(tflite_bundle, expected_features=["a", "b", "c"])
     result = served.predict(np.array([[1, 2, 3]], dtype=np.float32))
     assert result[0]["prediction"] == pytest.approx(321.5, abs=1e-3)
+
+
+# A device with only the older tflite-runtime package: ai_edge_litert cannot be imported there.
+ONLY_TFLITE_RUNTIME = """
+import importlib.abc, sys
+class NoLiteRt(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "ai_edge_litert":
+            raise ImportError("not on this device")
+        return None
+sys.meta_path.insert(0, NoLiteRt())
+from pathlib import Path
+import numpy as np
+from edge_agent.errors import ModelError
+from edge_agent.model import load_model
+try:
+    model = load_model(Path(sys.argv[1]))
+except ModelError as err:
+    print("refused", "tflite_runtime" in sys.modules, err)
+    raise SystemExit(0)
+[result] = model.predict(np.array([[1.0, 2.0, 3.0]], dtype=np.float32))
+print(model.runner.format, "tflite_runtime" in sys.modules, result["score"])
+"""
+
+
+def test_the_runner_falls_back_to_tflite_runtime(tflite_bundle: Path) -> None:
+    require_module("tflite_runtime", "dev")
+    done = subprocess.run(
+        [sys.executable, "-c", ONLY_TFLITE_RUNTIME, str(tflite_bundle)],
+        env=program_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    outcome, used, rest = done.stdout.strip().split(" ", 2)
+    assert used == "True"  # the fallback package was the one tried
+    if int(np.__version__.split(".")[0]) >= 2:
+        # tflite-runtime 2.14 is built for NumPy 1.x: a clear refusal that says what to install.
+        assert outcome == "refused", done.stdout
+        assert "built for NumPy 1.x" in rest and "pip install ai-edge-litert" in rest
+    else:
+        assert outcome == "tflite", done.stdout
+        assert abs(float(rest) - (1.0 + 20.0 + 300.0 + 0.5)) < 1e-3
