@@ -61,6 +61,7 @@ FINISHED_STATES = ("completed", "halted", "aborted", "rolled_back")
 FINAL_DEVICE_STATES = frozenset(
     {"done", "failed", "timed_out", "self_rolled_back", "offline", "reverted", "cancelled"}
 )
+CANARY_STAGE = "canary"
 MOVED_STATES = frozenset({"active", "done"})
 IN_FLIGHT_STATES = frozenset({"sent", "transferring", "activating"})
 _ACTIVATION_STEPS = frozenset({"verified", "features", "loaded", "warmed", "golden", "shadow"})
@@ -167,7 +168,7 @@ def _stage_plan(
     stages: list[tuple[str, list[DeviceRecord]]] = []
     taken = min(canary, len(devices))
     if taken:
-        stages.append(("canary", devices[:taken]))
+        stages.append((CANARY_STAGE, devices[:taken]))
     for percent in waves:
         upto = max(taken, math.ceil(len(devices) * percent / 100))
         if upto > taken:
@@ -271,6 +272,10 @@ class _Outbox:
 
 def _cmd_id(rollout_id: str, kind: str, device: str) -> str:
     return f"{rollout_id}:{kind}:{device}"
+
+
+def _is_canary(rollout: RolloutRecord) -> bool:
+    return rollout.stages[rollout.stage] == CANARY_STAGE
 
 
 class RolloutDriver:
@@ -448,27 +453,34 @@ class RolloutDriver:
         entries = self.registry.rollout_devices(rollout.id)
         stage = [entry for entry in entries if entry.stage == rollout.stage]
         devices = {device.id: device for device in self.registry.devices()}
+        # The canary is the evidence the waves wait for: an offline canary device holds its
+        # stage until it answers or times out, and its timeout fails the gate. A wave does not
+        # wait for an offline device; the retained desired state brings it along later.
+        canary = _is_canary(rollout)
+        waiting = IN_FLIGHT_STATES | {"offline"} if canary else IN_FLIGHT_STATES
         for entry in stage:
             device = devices.get(entry.device)
             online = device is not None and device.state == "online"
             if entry.state == "pending":
                 self._send_desired(rollout, entry, online, now, out)
             elif (
-                entry.state in IN_FLIGHT_STATES
+                entry.state in waiting
                 and entry.sent_at is not None
                 and now - entry.sent_at > rollout.timeout_s
             ):
-                verdict = "timed_out" if online else "offline"
+                verdict = "timed_out" if online or canary else "offline"
+                reason = f"no result within {rollout.timeout_s:g} s"
                 self.registry.update_rollout_device(
-                        rollout.id, entry.device, expect={"state": entry.state}, state=verdict,
-                        reason=f"no result within {rollout.timeout_s:g} s", updated=now,
-                    )  # fmt: skip
+                    rollout.id, entry.device, expect={"state": entry.state}, state=verdict,
+                    reason=reason if online else f"offline: {reason}", updated=now,
+                )  # fmt: skip
         stage = [e for e in self.registry.rollout_devices(rollout.id) if e.stage == rollout.stage]
-        if not all(entry.state in FINAL_DEVICE_STATES for entry in stage):
+        finished = FINAL_DEVICE_STATES - {"offline"} if canary else FINAL_DEVICE_STATES
+        if not all(entry.state in finished for entry in stage):
             return
-        finished = max((entry.updated for entry in stage), default=now)
+        last = max((entry.updated for entry in stage), default=now)
         gates = Gates.from_dict(rollout.gates)
-        if now - finished < gates.soak_s:
+        if now - last < gates.soak_s:
             return
         failure = self._judge(rollout, stage, devices, gates, now)
         if failure is not None:

@@ -61,10 +61,11 @@ class Fleet:
         with self.registry() as registry:
             return {e.device: e.state for e in registry.rollout_devices(rollout_id)}
 
-    def wait_devices(self, count: int) -> None:
+    def wait_devices(self, count: int, *, exactly: bool = False) -> None:
         def known() -> bool:
             with self.registry() as registry:
-                return len([d for d in registry.devices() if d.state == "online"]) >= count
+                online = len([d for d in registry.devices() if d.state == "online"])
+            return online == count if exactly else online >= count
 
         wait_until(known, f"{count} devices online in the registry")
 
@@ -161,8 +162,11 @@ def test_a_failed_wave_rolls_back_the_devices_already_moved(
         assert stored is not None and stored.reason is not None and "golden" in stored.reason
 
 
-def test_an_offline_device_converges_when_it_reconnects(fleet: Fleet, serve: FleetServe) -> None:
-    late = Swarm("127.0.0.1", fleet.port, fleet.prefix, count=1, name="late", model="linear")
+def test_an_offline_wave_device_converges_when_it_reconnects(
+    fleet: Fleet, serve: FleetServe
+) -> None:
+    # "tardy-000" sorts after the "sim-" devices: it lands in the wave, not the canary.
+    late = Swarm("127.0.0.1", fleet.port, fleet.prefix, count=1, name="tardy", model="linear")
     late.start()
     with Swarm("127.0.0.1", fleet.port, fleet.prefix, count=4, model="linear") as swarm:
         fleet.wait_devices(5)
@@ -170,16 +174,85 @@ def test_an_offline_device_converges_when_it_reconnects(fleet: Fleet, serve: Fle
         fleet.publish("2")
         rollout = fleet.start("linear@2", "--to", "all", "--canary", "1", "--waves", "100")
         wait_until(lambda: fleet.rollout_state(rollout) == "completed", "the rollout to complete")
-        assert fleet.device_states(rollout)["late-000"] == "offline"
+        assert fleet.device_states(rollout)["tardy-000"] == "offline"
         assert set(swarm.versions().values()) == {"2"}
-        assert late.versions() == {"late-000": "1"}
+        assert late.versions() == {"tardy-000": "1"}
 
         late.start()  # back: the retained desired state brings it along
         wait_until(
-            lambda: fleet.device_states(rollout)["late-000"] == "done", "late-000 to converge"
+            lambda: fleet.device_states(rollout)["tardy-000"] == "done", "tardy-000 to converge"
         )
-        assert late.versions() == {"late-000": "2"}
+        assert late.versions() == {"tardy-000": "2"}
         late.stop()
+
+
+def test_an_offline_canary_holds_its_stage_and_halts_when_it_times_out(
+    fleet: Fleet, serve: FleetServe
+) -> None:
+    # "a-000" sorts first: it is the canary, and it is offline when the rollout starts.
+    canary = Swarm("127.0.0.1", fleet.port, fleet.prefix, count=1, name="a", model="linear")
+    canary.start()
+    with Swarm("127.0.0.1", fleet.port, fleet.prefix, count=3, model="linear") as swarm:
+        fleet.wait_devices(4)
+        canary.stop(status="offline")
+        fleet.wait_devices(3, exactly=True)
+        fleet.publish("2")
+        rollout = fleet.start("linear@2", "--to", "all", "--canary", "1", "--timeout", "2")
+        wait_until(lambda: fleet.rollout_state(rollout) != "running", "the rollout to stop")
+
+        assert fleet.rollout_state(rollout) == "halted"
+        states = fleet.device_states(rollout)
+        assert states == {"a-000": "timed_out", "sim-000": "pending", "sim-001": "pending",
+                          "sim-002": "pending"}  # fmt: skip
+        assert all(not d.acks for d in swarm.devices)  # the wave was never sent
+        status = fleet.cli("rollout", "status", rollout)
+        assert "HALTED" in status and "offline: no result within 2 s" in status
+
+        canary.start()  # back after the verdict: its desired state was cleared, it stays on 1
+        fleet.wait_devices(4)
+        other = fleet.start("linear@2", "--to", "device=sim-000", "--canary", "0")
+        wait_until(lambda: fleet.rollout_state(other) == "completed", "a later rollout")
+        assert canary.versions() == {"a-000": "1"}
+        assert not canary.devices[0].acks
+        canary.stop()
+
+
+def test_an_offline_canary_that_returns_in_time_lets_the_rollout_proceed(
+    fleet: Fleet, serve: FleetServe
+) -> None:
+    canary = Swarm("127.0.0.1", fleet.port, fleet.prefix, count=1, name="a", model="linear")
+    canary.start()
+    outsider = Swarm(
+        "127.0.0.1", fleet.port, fleet.prefix, count=1, name="z", model="linear",
+        labels={"line": "line-9"},
+    )  # fmt: skip
+    with outsider, Swarm("127.0.0.1", fleet.port, fleet.prefix, count=3, model="linear") as swarm:
+        fleet.wait_devices(5)
+        canary.stop(status="offline")
+        fleet.wait_devices(4, exactly=True)
+        fleet.publish("2")
+        rollout = fleet.start("linear@2", "--to", "line=line-2", "--canary", "1")
+        wait_until(
+            lambda: fleet.device_states(rollout)["a-000"] == "offline", "the canary's desired state"
+        )
+        # Another rollout completing proves the worker ticked many times meanwhile.
+        other = fleet.start("linear@2", "--to", "line=line-9", "--canary", "0")
+        wait_until(lambda: fleet.rollout_state(other) == "completed", "the other rollout")
+        assert fleet.rollout_state(rollout) == "running"
+        assert {
+            d: s for d, s in fleet.device_states(rollout).items() if d != "a-000"
+        } == dict.fromkeys(("sim-000", "sim-001", "sim-002"), "pending")
+        assert all(not d.acks for d in swarm.devices)
+
+        canary.start()  # back within the timeout: the retained desired state brings it along
+        wait_until(lambda: fleet.rollout_state(rollout) == "completed", "the rollout to complete")
+        assert fleet.device_states(rollout) == dict.fromkeys(
+            ("a-000", "sim-000", "sim-001", "sim-002"), "done"
+        )
+        assert set(swarm.versions().values()) == {"2"} and canary.versions() == {"a-000": "2"}
+        kept = next(a.ts for a in canary.devices[0].acks if a.step == "kept")
+        assert kept <= min(d.acks[0].ts for d in swarm.devices)  # the wave came after
+        canary.stop()
 
 
 def test_a_broken_transfer_resumes_with_the_missing_chunks_only(fleet: Fleet) -> None:
