@@ -337,13 +337,7 @@ class RolloutDriver:
         reverting = entry.state in {"reverting", "reverted"}
         previous = ack.previous_version or entry.previous_version
         if reverting:
-            # Back on the previous version (or told us it rolled back): the revert is done.
-            if ack.ok and (
-                ack.step == "rolled_back" or (not ours and ack.step in {"active", "kept"})
-            ):
-                registry.update_rollout_device(
-                    rollout.id, entry.device, state="reverted", step=ack.step, updated=now
-                )
+            self._handle_revert_ack(rollout, entry, ack, out, now=now, ours=ours)
             return
         if not ours:
             return
@@ -360,7 +354,7 @@ class RolloutDriver:
             changes.update(state="self_rolled_back", reason=ack.reason or "rolled itself back")
         elif ack.step in {"need_bundle", "offer", "chunk"}:
             changes["state"] = "transferring"
-            self._transfer(rollout, entry, ack, out, now)
+            self._transfer(rollout, entry, ack, out, now=now, version=rollout.version)
         elif ack.step == "received" or ack.step in _ACTIVATION_STEPS:
             changes["state"] = "activating"
         elif ack.step == "active":
@@ -383,19 +377,53 @@ class RolloutDriver:
                 # It finished moving after the rollout stopped: take it back as well.
                 self._revert(rollout, entry.device, entry.site, previous, out)
 
+    def _handle_revert_ack(
+        self,
+        rollout: RolloutRecord,
+        entry: RolloutDevice,
+        ack: AckPayload,
+        out: _Outbox,
+        *,
+        now: float,
+        ours: bool,
+    ) -> None:
+        registry = self.registry
+        # Back on the previous version (or told us it rolled back): the revert is done.
+        if ack.ok and (ack.step == "rolled_back" or (not ours and ack.step in {"active", "kept"})):
+            registry.update_rollout_device(
+                rollout.id, entry.device, state="reverted", step=ack.step, updated=now
+            )
+        elif not ours and ack.step in {"need_bundle", "offer", "chunk"}:
+            # Its store no longer holds the version it goes back to (it keeps only a few):
+            # send that bundle as for any rollout, or the revert would wait forever.
+            device = registry.device(entry.device)
+            target = device.desired_version if device is not None else None
+            if target is not None and target == ack.version:  # only what the revert asked for
+                registry.update_rollout_device(rollout.id, entry.device, step=ack.step, updated=now)
+                self._transfer(rollout, entry, ack, out, now=now, version=target)
+        elif not ack.ok:
+            registry.update_rollout_device(
+                rollout.id, entry.device, step=ack.step, updated=now,
+                reason=f"revert: {ack.step}: {ack.reason or 'refused'}",
+            )  # fmt: skip
+
     def _transfer(
         self,
         rollout: RolloutRecord,
         entry: RolloutDevice,
         ack: AckPayload,
         out: _Outbox,
+        *,
         now: float,
+        version: str,
     ) -> None:
-        bundle = self._bundle(rollout.model, rollout.version)
+        """Answer a transfer step of ``entry``'s device with ``version``'s offer or chunks."""
+        bundle = self._bundle(rollout.model, version)
         if bundle is None:
             return
         if ack.step == "need_bundle":
-            cmd_id = _cmd_id(rollout.id, "offer", entry.device)
+            kind = "offer" if version == rollout.version else "revert-offer"
+            cmd_id = _cmd_id(rollout.id, kind, entry.device)
             out.send(entry.site, entry.device, "cmd", bundle.offer(cmd_id, now))
         elif ack.step == "offer":
             held = parse_have_chunks(ack.details.get("have_chunks"))
