@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 EXIT_FAILURE = 1
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # what a shell reports for a program SIGPIPE stopped
 
 EPILOG = """\
 a day with the fleet:
@@ -853,6 +854,23 @@ _HANDLERS: dict[tuple[str, str | None], Handler] = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        code = _main(argv)
+        # Flush here, where a reader that went away can still be answered; at interpreter exit
+        # the same error would print "Exception ignored" and exit 120.
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # `fleet ... --json | head -1`: the reader has all it wanted. Exit as a program stopped
+        # by SIGPIPE is reported, without a traceback, and point stdout at /dev/null so that
+        # Python's own flush at exit finds nothing to complain about.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "demo":
         from fleet.demo import run_demo
