@@ -129,6 +129,14 @@ def _parser() -> argparse.ArgumentParser:
         help="read the MQTT password from this environment variable (never from the command line)",
     )
     auth.add_argument(
+        "--password-credential",
+        metavar="NAME",
+        default=env("FLEET_PASSWORD_CREDENTIAL"),
+        help="read the MQTT password from the systemd credential NAME, the file "
+        "$CREDENTIALS_DIRECTORY/NAME (LoadCredential= in the unit; default "
+        "$FLEET_PASSWORD_CREDENTIAL)",
+    )
+    auth.add_argument(
         "--tls",
         action="store_true",
         help="connect with TLS, checking the broker against the system's CAs "
@@ -376,21 +384,42 @@ def _fail(text: str, code: int = EXIT_FAILURE) -> int:
     return code
 
 
-def _settings(
-    args: argparse.Namespace, client_id: str, *, persistent: bool = False
-) -> MqttSettings:
-    host, port = args.broker
-    password = None
+def _password(args: argparse.Namespace) -> str | None:
+    """The manager's broker password, from the environment or a systemd credential; it is
+    never put in a log line or an error message."""
+    from edge_agent.config import read_secret
+    from edge_agent.errors import ConfigError
+
+    if args.password_env and args.password_credential:
+        raise ValueError(
+            "give --password-env or --password-credential ($FLEET_PASSWORD_CREDENTIAL), not both"
+        )
     if args.password_env:
         password = os.environ.get(args.password_env)
         if password is None:
             raise ValueError(f"--password-env: ${args.password_env} is not set")
+        return password
+    if not args.password_credential:
+        return None
+    try:
+        password = read_secret(env=None, credential=args.password_credential, what="password")
+    except ConfigError as err:
+        raise ValueError(f"--password-credential: {err.reason}") from err
+    if not password:
+        raise ValueError(f"--password-credential: credential {args.password_credential!r} is empty")
+    return password
+
+
+def _settings(
+    args: argparse.Namespace, client_id: str, *, persistent: bool = False
+) -> MqttSettings:
+    host, port = args.broker
     return MqttSettings(
         host=host,
         port=port,
         client_id=client_id,
         username=args.username,
-        password=password,
+        password=_password(args),
         ca_file=args.ca_file,
         cert_file=args.cert_file,
         key_file=args.key_file,
