@@ -310,7 +310,7 @@ def _rollout_parser(commands: Subparsers) -> None:
     for name, text in (
         ("pause", "send no new stage and no new device until resumed"),
         ("resume", "carry a paused rollout on"),
-        ("abort", "stop: devices not done keep what they run; moved devices stay moved"),
+        ("abort", "stop: devices not done keep what they run; moved ones stay (rollback reverts)"),
         ("rollback", "stop and put every device the rollout moved back on its previous version"),
     ):
         action = actions.add_parser(name, help=text)
@@ -782,6 +782,10 @@ def _rollout_change(args: argparse.Namespace, registry: Registry) -> int:
     else:
         note = " (fleet serve carries it out)" if target in {"aborting", "rolling_back"} else ""
         print(f"rollout {rollout.id}: {rollout.state} -> {target}{note}")
+        if target == "aborting":
+            print(
+                f"devices it moved stay moved: `fleet rollout rollback {rollout.id}` reverts them"
+            )
     return 0
 
 

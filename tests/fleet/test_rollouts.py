@@ -359,3 +359,32 @@ def test_a_device_that_never_answers_times_out_and_halts_the_rollout(
         assert states == {"sim-000": "timed_out", "sim-001": "pending", "sim-002": "pending"}
         assert swarm.versions() == {"sim-000": "1", "sim-001": "1", "sim-002": "1"}
         assert "no result within 2 s" in fleet.cli("rollout", "status", rollout)
+
+
+def test_abort_leaves_the_moved_devices_moved_and_rollback_takes_them_back(
+    fleet: Fleet, serve: FleetServe
+) -> None:
+    with Swarm("127.0.0.1", fleet.port, fleet.prefix, count=3, model="linear") as swarm:
+        fleet.wait_devices(3)
+        fleet.publish("2")
+        # A long soak keeps the rollout between its canary and its wave while the operator acts.
+        rollout = fleet.start("linear@2", "--to", "all", "--canary", "1", "--soak", "3600")
+        wait_until(lambda: fleet.device_states(rollout)["sim-000"] == "done", "the canary")
+        assert f"`fleet rollout rollback {rollout}` reverts them" in fleet.cli(
+            "rollout", "abort", rollout
+        )
+        wait_until(lambda: fleet.rollout_state(rollout) == "aborted", "the abort")
+
+        assert fleet.device_states(rollout) == {
+            "sim-000": "done", "sim-001": "cancelled", "sim-002": "cancelled"
+        }  # fmt: skip
+        assert swarm.versions() == {"sim-000": "2", "sim-001": "1", "sim-002": "1"}
+        assert all(not d.acks for d in swarm.devices[1:])  # the wave was never sent
+
+        fleet.cli("rollout", "rollback", rollout)
+        wait_until(lambda: fleet.rollout_state(rollout) == "rolled_back", "the rollback")
+        wait_until(
+            lambda: fleet.device_states(rollout)["sim-000"] == "reverted", "the canary's revert"
+        )
+        assert swarm.versions() == {"sim-000": "1", "sim-001": "1", "sim-002": "1"}
+        assert all(not d.acks for d in swarm.devices[1:])
