@@ -325,7 +325,8 @@ def test_operator_pause_resume_rollback_abort(fleet: Fleet) -> None:
         paused = fleet.start("linear@2", "--to", "device=sim-000", "--canary", "0")
         assert "running -> paused" in fleet.cli("rollout", "pause", paused)
         assert run("fleet", *fleet.args, "rollout", "pause", paused).returncode == 1
-        with fleet.serve():
+        # A log of its own: the first worker's "serving" line must not stand in for this one's.
+        with fleet.serve("serve-again"):
             # Another rollout completing proves the worker ticked many times meanwhile.
             other = fleet.start(
                 "linear@2", "--to", "device=sim-001,device=sim-002", "--canary", "0"
