@@ -214,7 +214,10 @@ install_fleet() {
     if [ ! -e "$r/etc/fleet-manager/fleet.env" ]; then
         printf '%s\n' "# Settings for fleet-manager.service (see fleet --help)." \
             "FLEET_BROKER=127.0.0.1:1883" "FLEET_PREFIX=edge" \
-            "# FLEET_REGISTRY=postgresql://fleet@db-host/fleet" >"$r/etc/fleet-manager/fleet.env"
+            "# FLEET_REGISTRY=postgresql://fleet@db-host/fleet" \
+            "# A broker with passwords: the password in /etc/credstore/fleet-manager.mqtt-password" \
+            "# FLEET_USERNAME=fleet" "# FLEET_PASSWORD_CREDENTIAL=mqtt-password" \
+            >"$r/etc/fleet-manager/fleet.env"
         chmod 0640 "$r/etc/fleet-manager/fleet.env"
     fi
     if [ "$(id -u)" = 0 ]; then

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 EXIT_FAILURE = 1
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # what a shell reports for a program SIGPIPE stopped
 
 EPILOG = """\
 a day with the fleet:
@@ -126,6 +127,14 @@ def _parser() -> argparse.ArgumentParser:
         "--password-env",
         metavar="VAR",
         help="read the MQTT password from this environment variable (never from the command line)",
+    )
+    auth.add_argument(
+        "--password-credential",
+        metavar="NAME",
+        default=env("FLEET_PASSWORD_CREDENTIAL"),
+        help="read the MQTT password from the systemd credential NAME, the file "
+        "$CREDENTIALS_DIRECTORY/NAME (LoadCredential= in the unit; default "
+        "$FLEET_PASSWORD_CREDENTIAL)",
     )
     auth.add_argument(
         "--tls",
@@ -301,7 +310,7 @@ def _rollout_parser(commands: Subparsers) -> None:
     for name, text in (
         ("pause", "send no new stage and no new device until resumed"),
         ("resume", "carry a paused rollout on"),
-        ("abort", "stop: devices not done keep what they run; moved devices stay moved"),
+        ("abort", "stop: devices not done keep what they run; moved ones stay (rollback reverts)"),
         ("rollback", "stop and put every device the rollout moved back on its previous version"),
     ):
         action = actions.add_parser(name, help=text)
@@ -375,21 +384,42 @@ def _fail(text: str, code: int = EXIT_FAILURE) -> int:
     return code
 
 
-def _settings(
-    args: argparse.Namespace, client_id: str, *, persistent: bool = False
-) -> MqttSettings:
-    host, port = args.broker
-    password = None
+def _password(args: argparse.Namespace) -> str | None:
+    """The manager's broker password, from the environment or a systemd credential; it is
+    never put in a log line or an error message."""
+    from edge_agent.config import read_secret
+    from edge_agent.errors import ConfigError
+
+    if args.password_env and args.password_credential:
+        raise ValueError(
+            "give --password-env or --password-credential ($FLEET_PASSWORD_CREDENTIAL), not both"
+        )
     if args.password_env:
         password = os.environ.get(args.password_env)
         if password is None:
             raise ValueError(f"--password-env: ${args.password_env} is not set")
+        return password
+    if not args.password_credential:
+        return None
+    try:
+        password = read_secret(env=None, credential=args.password_credential, what="password")
+    except ConfigError as err:
+        raise ValueError(f"--password-credential: {err.reason}") from err
+    if not password:
+        raise ValueError(f"--password-credential: credential {args.password_credential!r} is empty")
+    return password
+
+
+def _settings(
+    args: argparse.Namespace, client_id: str, *, persistent: bool = False
+) -> MqttSettings:
+    host, port = args.broker
     return MqttSettings(
         host=host,
         port=port,
         client_id=client_id,
         username=args.username,
-        password=password,
+        password=_password(args),
         ca_file=args.ca_file,
         cert_file=args.cert_file,
         key_file=args.key_file,
@@ -752,6 +782,10 @@ def _rollout_change(args: argparse.Namespace, registry: Registry) -> int:
     else:
         note = " (fleet serve carries it out)" if target in {"aborting", "rolling_back"} else ""
         print(f"rollout {rollout.id}: {rollout.state} -> {target}{note}")
+        if target == "aborting":
+            print(
+                f"devices it moved stay moved: `fleet rollout rollback {rollout.id}` reverts them"
+            )
     return 0
 
 
@@ -853,6 +887,23 @@ _HANDLERS: dict[tuple[str, str | None], Handler] = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        code = _main(argv)
+        # Flush here, where a reader that went away can still be answered; at interpreter exit
+        # the same error would print "Exception ignored" and exit 120.
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # `fleet ... --json | head -1`: the reader has all it wanted. Exit as a program stopped
+        # by SIGPIPE is reported, without a traceback, and point stdout at /dev/null so that
+        # Python's own flush at exit finds nothing to complain about.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "demo":
         from fleet.demo import run_demo

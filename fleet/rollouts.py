@@ -61,6 +61,7 @@ FINISHED_STATES = ("completed", "halted", "aborted", "rolled_back")
 FINAL_DEVICE_STATES = frozenset(
     {"done", "failed", "timed_out", "self_rolled_back", "offline", "reverted", "cancelled"}
 )
+CANARY_STAGE = "canary"
 MOVED_STATES = frozenset({"active", "done"})
 IN_FLIGHT_STATES = frozenset({"sent", "transferring", "activating"})
 _ACTIVATION_STEPS = frozenset({"verified", "features", "loaded", "warmed", "golden", "shadow"})
@@ -167,7 +168,7 @@ def _stage_plan(
     stages: list[tuple[str, list[DeviceRecord]]] = []
     taken = min(canary, len(devices))
     if taken:
-        stages.append(("canary", devices[:taken]))
+        stages.append((CANARY_STAGE, devices[:taken]))
     for percent in waves:
         upto = max(taken, math.ceil(len(devices) * percent / 100))
         if upto > taken:
@@ -273,6 +274,10 @@ def _cmd_id(rollout_id: str, kind: str, device: str) -> str:
     return f"{rollout_id}:{kind}:{device}"
 
 
+def _is_canary(rollout: RolloutRecord) -> bool:
+    return rollout.stages[rollout.stage] == CANARY_STAGE
+
+
 class RolloutDriver:
     """Moves rollouts along. ``on_ack`` for each (new) ack, ``tick`` every second or so; both
     return the messages to publish. Not thread-safe: one per ``fleet serve`` worker."""
@@ -332,13 +337,7 @@ class RolloutDriver:
         reverting = entry.state in {"reverting", "reverted"}
         previous = ack.previous_version or entry.previous_version
         if reverting:
-            # Back on the previous version (or told us it rolled back): the revert is done.
-            if ack.ok and (
-                ack.step == "rolled_back" or (not ours and ack.step in {"active", "kept"})
-            ):
-                registry.update_rollout_device(
-                    rollout.id, entry.device, state="reverted", step=ack.step, updated=now
-                )
+            self._handle_revert_ack(rollout, entry, ack, out, now=now, ours=ours)
             return
         if not ours:
             return
@@ -355,7 +354,7 @@ class RolloutDriver:
             changes.update(state="self_rolled_back", reason=ack.reason or "rolled itself back")
         elif ack.step in {"need_bundle", "offer", "chunk"}:
             changes["state"] = "transferring"
-            self._transfer(rollout, entry, ack, out, now)
+            self._transfer(rollout, entry, ack, out, now=now, version=rollout.version)
         elif ack.step == "received" or ack.step in _ACTIVATION_STEPS:
             changes["state"] = "activating"
         elif ack.step == "active":
@@ -378,19 +377,53 @@ class RolloutDriver:
                 # It finished moving after the rollout stopped: take it back as well.
                 self._revert(rollout, entry.device, entry.site, previous, out)
 
+    def _handle_revert_ack(
+        self,
+        rollout: RolloutRecord,
+        entry: RolloutDevice,
+        ack: AckPayload,
+        out: _Outbox,
+        *,
+        now: float,
+        ours: bool,
+    ) -> None:
+        registry = self.registry
+        # Back on the previous version (or told us it rolled back): the revert is done.
+        if ack.ok and (ack.step == "rolled_back" or (not ours and ack.step in {"active", "kept"})):
+            registry.update_rollout_device(
+                rollout.id, entry.device, state="reverted", step=ack.step, updated=now
+            )
+        elif not ours and ack.step in {"need_bundle", "offer", "chunk"}:
+            # Its store no longer holds the version it goes back to (it keeps only a few):
+            # send that bundle as for any rollout, or the revert would wait forever.
+            device = registry.device(entry.device)
+            target = device.desired_version if device is not None else None
+            if target is not None and target == ack.version:  # only what the revert asked for
+                registry.update_rollout_device(rollout.id, entry.device, step=ack.step, updated=now)
+                self._transfer(rollout, entry, ack, out, now=now, version=target)
+        elif not ack.ok:
+            registry.update_rollout_device(
+                rollout.id, entry.device, step=ack.step, updated=now,
+                reason=f"revert: {ack.step}: {ack.reason or 'refused'}",
+            )  # fmt: skip
+
     def _transfer(
         self,
         rollout: RolloutRecord,
         entry: RolloutDevice,
         ack: AckPayload,
         out: _Outbox,
+        *,
         now: float,
+        version: str,
     ) -> None:
-        bundle = self._bundle(rollout.model, rollout.version)
+        """Answer a transfer step of ``entry``'s device with ``version``'s offer or chunks."""
+        bundle = self._bundle(rollout.model, version)
         if bundle is None:
             return
         if ack.step == "need_bundle":
-            cmd_id = _cmd_id(rollout.id, "offer", entry.device)
+            kind = "offer" if version == rollout.version else "revert-offer"
+            cmd_id = _cmd_id(rollout.id, kind, entry.device)
             out.send(entry.site, entry.device, "cmd", bundle.offer(cmd_id, now))
         elif ack.step == "offer":
             held = parse_have_chunks(ack.details.get("have_chunks"))
@@ -448,27 +481,34 @@ class RolloutDriver:
         entries = self.registry.rollout_devices(rollout.id)
         stage = [entry for entry in entries if entry.stage == rollout.stage]
         devices = {device.id: device for device in self.registry.devices()}
+        # The canary is the evidence the waves wait for: an offline canary device holds its
+        # stage until it answers or times out, and its timeout fails the gate. A wave does not
+        # wait for an offline device; the retained desired state brings it along later.
+        canary = _is_canary(rollout)
+        waiting = IN_FLIGHT_STATES | {"offline"} if canary else IN_FLIGHT_STATES
         for entry in stage:
             device = devices.get(entry.device)
             online = device is not None and device.state == "online"
             if entry.state == "pending":
                 self._send_desired(rollout, entry, online, now, out)
             elif (
-                entry.state in IN_FLIGHT_STATES
+                entry.state in waiting
                 and entry.sent_at is not None
                 and now - entry.sent_at > rollout.timeout_s
             ):
-                verdict = "timed_out" if online else "offline"
+                verdict = "timed_out" if online or canary else "offline"
+                reason = f"no result within {rollout.timeout_s:g} s"
                 self.registry.update_rollout_device(
-                        rollout.id, entry.device, expect={"state": entry.state}, state=verdict,
-                        reason=f"no result within {rollout.timeout_s:g} s", updated=now,
-                    )  # fmt: skip
+                    rollout.id, entry.device, expect={"state": entry.state}, state=verdict,
+                    reason=reason if online else f"offline: {reason}", updated=now,
+                )  # fmt: skip
         stage = [e for e in self.registry.rollout_devices(rollout.id) if e.stage == rollout.stage]
-        if not all(entry.state in FINAL_DEVICE_STATES for entry in stage):
+        finished = FINAL_DEVICE_STATES - {"offline"} if canary else FINAL_DEVICE_STATES
+        if not all(entry.state in finished for entry in stage):
             return
-        finished = max((entry.updated for entry in stage), default=now)
+        last = max((entry.updated for entry in stage), default=now)
         gates = Gates.from_dict(rollout.gates)
-        if now - finished < gates.soak_s:
+        if now - last < gates.soak_s:
             return
         failure = self._judge(rollout, stage, devices, gates, now)
         if failure is not None:

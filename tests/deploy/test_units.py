@@ -64,6 +64,17 @@ def test_agent_unit_runs_the_agent_on_the_installed_config_and_reloads_with_sigh
     assert s[("Service", "ExecReload")] == ["/bin/kill -HUP $MAINPID"]
 
 
+def test_manager_unit_hands_fleet_serve_its_broker_password_as_a_credential() -> None:
+    s = _settings(UNITS / "fleet-manager.service")
+    assert s[("Service", "LoadCredential")] == ["mqtt-password:fleet-manager.mqtt-password"]
+    # The credential's name comes from fleet.env (FLEET_PASSWORD_CREDENTIAL), so an anonymous
+    # broker needs no credential file and the command line stays the same.
+    assert s[("Service", "ExecStart")] == [
+        "/opt/edge-agent/venv/bin/fleet serve --client-id fleet-manager-%H"
+    ]
+    assert s[("Service", "EnvironmentFile")] == ["-/etc/fleet-manager/fleet.env"]
+
+
 @pytest.mark.parametrize("name", ["edge-agent", "fleet-manager"])
 def test_systemd_analyze_verify_is_clean(name: str, tmp_path: Path) -> None:
     analyze = require_tool("systemd-analyze", "systemd")

@@ -13,11 +13,13 @@ from pathlib import Path
 
 from edge_agent.contracts.payloads import ResultPayload, StatusPayload, decode
 from edge_agent.contracts.topics import DeviceTopics
+from fleet.registry import SqliteRegistry
+from tests.fleet.support import FleetServe, wait_until
 from tests.support.agent_config import write_agent_config
 from tests.support.models import FEATURES, linear_bundle
 from tests.support.mosquitto import free_port, start_mosquitto
 from tests.support.mqtt import Probe
-from tests.support.processes import AgentProcess, run
+from tests.support.processes import AgentProcess, command, program_env, run
 from tests.support.tls import CertificateAuthority
 from tests.support.tools import require_tool
 
@@ -155,6 +157,95 @@ def test_a_password_from_a_systemd_credential_connects_and_is_never_written_out(
         with missing:
             assert missing.process is not None and missing.process.wait(60) == 78
         assert "broker.password" in missing.output() and "Traceback" not in missing.output()
+    finally:
+        probe.close()
+        broker.stop()
+
+
+def test_the_fleet_manager_reads_its_broker_password_from_a_credential_or_a_variable(
+    tmp_path: Path,
+) -> None:
+    require_tool("mosquitto_passwd", "mosquitto")
+    secret = "s3cret-Fleet-do-not-log"
+    passwd = tmp_path / "passwd"
+    for user, password in (("fleet", secret), ("probe", "probe-password")):
+        subprocess.run(
+            ["mosquitto_passwd", *(["-c"] if user == "fleet" else []), "-b", str(passwd), user,
+             password],
+            check=True,
+            capture_output=True,
+        )  # fmt: skip
+    passwd.chmod(0o644)
+    broker = start_mosquitto(
+        tmp_path / "broker",
+        extra_config=f"user {getpass.getuser()}\nallow_anonymous false\npassword_file {passwd}\n",
+    )
+    probe = Probe(broker.port, username="probe", password="probe-password")
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "mqtt-password").write_text(secret + "\n")  # as an editor leaves it
+    db = tmp_path / "fleet.db"
+    args = ["--broker", f"127.0.0.1:{broker.port}", "--prefix", PREFIX, "--registry", str(db),
+            "--username", "fleet"]  # fmt: skip
+    try:
+        status = StatusPayload(
+            state="online", device="press-01", site="plant-a", ts=1.0, agent_version="test"
+        )
+        probe.publish(TOPICS.status, status.to_json(), retain=True)
+
+        def recorded() -> bool:
+            with SqliteRegistry(db) as registry:
+                return [d.id for d in registry.devices()] == ["press-01"]
+
+        # --password-credential NAME: $CREDENTIALS_DIRECTORY/NAME, as systemd's LoadCredential=.
+        env = {"CREDENTIALS_DIRECTORY": str(credentials)}
+        flag = FleetServe(
+            [*args, "--password-credential", "mqtt-password"], tmp_path / "flag.log",
+            "--log-level", "DEBUG", env=env,
+        )  # fmt: skip
+        with flag:  # entering waits until it is subscribed: the broker took the password
+            wait_until(recorded, "the manager to record the device's retained status")
+        assert flag.stop() == 0
+        # The same from the environment, as fleet.env sets it for the systemd unit.
+        variable = FleetServe(
+            args, tmp_path / "variable.log", "--log-level", "DEBUG",
+            env={**env, "FLEET_PASSWORD_CREDENTIAL": "mqtt-password"},
+        )  # fmt: skip
+        with variable:
+            pass
+        assert variable.stop() == 0
+        # --password-env VAR, and a wrong password is turned away (the broker really checks).
+        live = [*args, "--password-env", "FLEET_TEST_PASSWORD", "devices", "list", "--live",
+                "--json"]  # fmt: skip
+        listed = subprocess.run(
+            command("fleet", *live), env=program_env({"FLEET_TEST_PASSWORD": secret}),
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert listed.returncode == 0, listed.stderr
+        assert [d["device"] for d in json.loads(listed.stdout)] == ["press-01"]
+        wrong = subprocess.run(
+            command("fleet", *live), env=program_env({"FLEET_TEST_PASSWORD": "not-it"}),
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert wrong.returncode != 0 and "Traceback" not in wrong.stderr
+        logs = [flag.output(), variable.output(), listed.stdout + listed.stderr]
+        assert all("Fleet worker serving" in log for log in logs[:2])
+        assert not any(secret in log for log in logs)
+
+        # A missing credential: a clear error naming it, exit 78 (systemd does not restart it).
+        empty = tmp_path / "no-credentials"
+        empty.mkdir()
+        for missing_env in ({"CREDENTIALS_DIRECTORY": str(empty)}, {}):
+            missing = subprocess.run(
+                command("fleet", *args, "--password-credential", "mqtt-password", "serve"),
+                env={k: v for k, v in program_env(missing_env).items()
+                     if missing_env or k != "CREDENTIALS_DIRECTORY"},
+                capture_output=True, text=True, timeout=120, check=False,
+            )  # fmt: skip
+            assert missing.returncode == 78, missing.stderr
+            assert "--password-credential" in missing.stderr and "mqtt-password" in missing.stderr
+            assert "Traceback" not in missing.stderr
+        assert "LoadCredential" in missing.stderr  # no $CREDENTIALS_DIRECTORY: says who sets it
     finally:
         probe.close()
         broker.stop()

@@ -36,7 +36,7 @@ class Plant:
         ]  # fmt: skip
         self.agents: dict[str, AgentProcess] = {}
 
-    def agent(self, device: str) -> AgentProcess:
+    def agent(self, device: str, *, extra: str = "") -> AgentProcess:
         config = write_agent_config(
             self.tmp / f"{device}.toml",
             port=self.broker.port,
@@ -45,6 +45,7 @@ class Plant:
             state_dir=self.tmp / device,
             input_topic=f"{self.prefix}-in/line-2/+/reading",
             device=device,
+            extra=extra,
         )
         line = f'bundle = "{self.seed}"\n'
         config.write_text(config.read_text().replace(line, line + f'public_key = "{self.pub}"\n'))
@@ -147,3 +148,33 @@ def test_an_agent_offline_during_the_rollout_converges_when_it_returns(plant: Pl
         lambda: plant.device_states(rollout)["press-03"] == "done", "press-03 to converge", 120
     )
     wait_until(lambda: plant.versions().get("press-03") == "2", "press-03 reporting 2", 60)
+
+
+def test_a_rollback_sends_the_previous_bundle_to_agents_that_no_longer_hold_it(
+    plant: Plant,
+) -> None:
+    # keep_previous = 0: once 2 is active the agents delete 1 from their model stores.
+    devices = ("press-01", "press-02")
+    for device in devices:
+        plant.agent(device, extra="[lifecycle]\nkeep_previous = 0\n")
+    plant.online(2)
+    plant.cli("models", "publish", str(plant.seed), "--public-key", str(plant.pub))
+    plant.publish("2")
+    rollout = plant.start("linear@2", "--to", "all", "--canary", "1", "--grace", "0.5")
+    wait_until(lambda: plant.state(rollout) == "completed", "the rollout to complete", 180)
+    wait_until(lambda: plant.versions() == dict.fromkeys(devices, "2"), "both on 2", 60)
+    for device in devices:
+        assert not (plant.tmp / device / "models" / "linear" / "1").exists()
+
+    plant.cli("rollout", "rollback", rollout)
+    wait_until(
+        lambda: plant.device_states(rollout) == dict.fromkeys(devices, "reverted"),
+        "both agents to be reverted",
+        180,
+    )
+    wait_until(lambda: plant.versions() == dict.fromkeys(devices, "1"), "both back on 1", 60)
+    assert plant.state(rollout) == "rolled_back"
+    for device in devices:
+        agent = plant.agents[device]
+        assert "Received bundle linear@1" in agent.output()
+        assert (plant.tmp / device / "models" / "linear" / "1").exists()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from fleet.drift import drift_gate, scores
 from fleet.registry import DriftRecord, ModelRecord, RolloutRecord, SqliteRegistry
 from tests.fleet.support import keypair, signed_bundle
 from tests.support.models import linear_bundle
-from tests.support.processes import run
+from tests.support.processes import command, program_env, run
 
 
 def _fleet(tmp: Path, *args: str) -> list[str]:
@@ -193,3 +195,33 @@ def test_help_teaches_every_command() -> None:
     for option in ("--to", "--canary", "--waves", "--drift-margin", "--soak", "--timeout"):
         assert option in rollout
     assert "rolls back" in rollout
+
+
+def test_json_into_a_pipe_whose_reader_left_exits_141_without_a_traceback(tmp_path: Path) -> None:
+    # Enough rollouts that the JSON (about 300 bytes each) outgrows the pipe's buffer and what
+    # head reads before it exits: the writer is bound to meet the closed pipe.
+    with SqliteRegistry(tmp_path / "fleet.db") as registry:
+        for index in range(3000):
+            registry.create_rollout(
+                RolloutRecord(f"r{index:05d}", "press", "2", "all", ["canary"], {}, 60.0), []
+            )
+    listing = command("fleet", *_fleet(tmp_path, "rollout", "list", "--json"))
+    piped = subprocess.run(
+        ["bash", "-c", 'set -o pipefail; "$@" | head -1', "fleet", *listing],
+        env=program_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (piped.returncode, piped.stdout, piped.stderr) == (141, "[\n", "")
+
+    # The reader gone before the first write: 141 is the exit status, not death by SIGPIPE.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        alone = subprocess.run(
+            listing, env=program_env(), stdout=write_end, stderr=subprocess.PIPE, check=False
+        )
+    finally:
+        os.close(write_end)
+    assert (alone.returncode, alone.stderr) == (141, b"")

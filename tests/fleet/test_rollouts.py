@@ -61,10 +61,11 @@ class Fleet:
         with self.registry() as registry:
             return {e.device: e.state for e in registry.rollout_devices(rollout_id)}
 
-    def wait_devices(self, count: int) -> None:
+    def wait_devices(self, count: int, *, exactly: bool = False) -> None:
         def known() -> bool:
             with self.registry() as registry:
-                return len([d for d in registry.devices() if d.state == "online"]) >= count
+                online = len([d for d in registry.devices() if d.state == "online"])
+            return online == count if exactly else online >= count
 
         wait_until(known, f"{count} devices online in the registry")
 
@@ -161,8 +162,39 @@ def test_a_failed_wave_rolls_back_the_devices_already_moved(
         assert stored is not None and stored.reason is not None and "golden" in stored.reason
 
 
-def test_an_offline_device_converges_when_it_reconnects(fleet: Fleet, serve: FleetServe) -> None:
-    late = Swarm("127.0.0.1", fleet.port, fleet.prefix, count=1, name="late", model="linear")
+def test_a_failed_gate_sends_the_previous_bundle_to_devices_that_lack_it(
+    fleet: Fleet, serve: FleetServe
+) -> None:
+    good = Swarm("127.0.0.1", fleet.port, fleet.prefix, count=3, name="a", model="linear")
+    bad = Swarm(
+        "127.0.0.1", fleet.port, fleet.prefix, count=2, name="b", model="linear", refuse={"2"}
+    )
+    with good, bad:
+        fleet.wait_devices(5)
+        # The fleet holds version 1, so a revert is a desired state of 1; the simulated devices
+        # never stored 1 (they started on it), so each one asks for the bundle back.
+        fleet.publish("1")
+        fleet.publish("2")
+        rollout = fleet.start("linear@2", "--to", "all", "--canary", "1", "--waves", "50,100")
+        wait_until(lambda: fleet.rollout_state(rollout) == "halted", "the rollout to halt")
+
+        def reverted() -> bool:
+            states = fleet.device_states(rollout)
+            return all(states[f"a-00{i}"] == "reverted" for i in range(3))
+
+        wait_until(reverted, "the moved devices to be reverted")
+        assert good.versions() == {"a-000": "1", "a-001": "1", "a-002": "1"}
+        for device in good.devices:
+            assert "linear@1" in device.store  # sent in chunks, checked, then activated
+            assert any(a.step == "need_bundle" and a.version == "1" for a in device.acks)
+        assert bad.versions() == {"b-000": "1", "b-001": "1"}
+
+
+def test_an_offline_wave_device_converges_when_it_reconnects(
+    fleet: Fleet, serve: FleetServe
+) -> None:
+    # "tardy-000" sorts after the "sim-" devices: it lands in the wave, not the canary.
+    late = Swarm("127.0.0.1", fleet.port, fleet.prefix, count=1, name="tardy", model="linear")
     late.start()
     with Swarm("127.0.0.1", fleet.port, fleet.prefix, count=4, model="linear") as swarm:
         fleet.wait_devices(5)
@@ -170,16 +202,85 @@ def test_an_offline_device_converges_when_it_reconnects(fleet: Fleet, serve: Fle
         fleet.publish("2")
         rollout = fleet.start("linear@2", "--to", "all", "--canary", "1", "--waves", "100")
         wait_until(lambda: fleet.rollout_state(rollout) == "completed", "the rollout to complete")
-        assert fleet.device_states(rollout)["late-000"] == "offline"
+        assert fleet.device_states(rollout)["tardy-000"] == "offline"
         assert set(swarm.versions().values()) == {"2"}
-        assert late.versions() == {"late-000": "1"}
+        assert late.versions() == {"tardy-000": "1"}
 
         late.start()  # back: the retained desired state brings it along
         wait_until(
-            lambda: fleet.device_states(rollout)["late-000"] == "done", "late-000 to converge"
+            lambda: fleet.device_states(rollout)["tardy-000"] == "done", "tardy-000 to converge"
         )
-        assert late.versions() == {"late-000": "2"}
+        assert late.versions() == {"tardy-000": "2"}
         late.stop()
+
+
+def test_an_offline_canary_holds_its_stage_and_halts_when_it_times_out(
+    fleet: Fleet, serve: FleetServe
+) -> None:
+    # "a-000" sorts first: it is the canary, and it is offline when the rollout starts.
+    canary = Swarm("127.0.0.1", fleet.port, fleet.prefix, count=1, name="a", model="linear")
+    canary.start()
+    with Swarm("127.0.0.1", fleet.port, fleet.prefix, count=3, model="linear") as swarm:
+        fleet.wait_devices(4)
+        canary.stop(status="offline")
+        fleet.wait_devices(3, exactly=True)
+        fleet.publish("2")
+        rollout = fleet.start("linear@2", "--to", "all", "--canary", "1", "--timeout", "2")
+        wait_until(lambda: fleet.rollout_state(rollout) != "running", "the rollout to stop")
+
+        assert fleet.rollout_state(rollout) == "halted"
+        states = fleet.device_states(rollout)
+        assert states == {"a-000": "timed_out", "sim-000": "pending", "sim-001": "pending",
+                          "sim-002": "pending"}  # fmt: skip
+        assert all(not d.acks for d in swarm.devices)  # the wave was never sent
+        status = fleet.cli("rollout", "status", rollout)
+        assert "HALTED" in status and "offline: no result within 2 s" in status
+
+        canary.start()  # back after the verdict: its desired state was cleared, it stays on 1
+        fleet.wait_devices(4)
+        other = fleet.start("linear@2", "--to", "device=sim-000", "--canary", "0")
+        wait_until(lambda: fleet.rollout_state(other) == "completed", "a later rollout")
+        assert canary.versions() == {"a-000": "1"}
+        assert not canary.devices[0].acks
+        canary.stop()
+
+
+def test_an_offline_canary_that_returns_in_time_lets_the_rollout_proceed(
+    fleet: Fleet, serve: FleetServe
+) -> None:
+    canary = Swarm("127.0.0.1", fleet.port, fleet.prefix, count=1, name="a", model="linear")
+    canary.start()
+    outsider = Swarm(
+        "127.0.0.1", fleet.port, fleet.prefix, count=1, name="z", model="linear",
+        labels={"line": "line-9"},
+    )  # fmt: skip
+    with outsider, Swarm("127.0.0.1", fleet.port, fleet.prefix, count=3, model="linear") as swarm:
+        fleet.wait_devices(5)
+        canary.stop(status="offline")
+        fleet.wait_devices(4, exactly=True)
+        fleet.publish("2")
+        rollout = fleet.start("linear@2", "--to", "line=line-2", "--canary", "1")
+        wait_until(
+            lambda: fleet.device_states(rollout)["a-000"] == "offline", "the canary's desired state"
+        )
+        # Another rollout completing proves the worker ticked many times meanwhile.
+        other = fleet.start("linear@2", "--to", "line=line-9", "--canary", "0")
+        wait_until(lambda: fleet.rollout_state(other) == "completed", "the other rollout")
+        assert fleet.rollout_state(rollout) == "running"
+        assert {
+            d: s for d, s in fleet.device_states(rollout).items() if d != "a-000"
+        } == dict.fromkeys(("sim-000", "sim-001", "sim-002"), "pending")
+        assert all(not d.acks for d in swarm.devices)
+
+        canary.start()  # back within the timeout: the retained desired state brings it along
+        wait_until(lambda: fleet.rollout_state(rollout) == "completed", "the rollout to complete")
+        assert fleet.device_states(rollout) == dict.fromkeys(
+            ("a-000", "sim-000", "sim-001", "sim-002"), "done"
+        )
+        assert set(swarm.versions().values()) == {"2"} and canary.versions() == {"a-000": "2"}
+        kept = next(a.ts for a in canary.devices[0].acks if a.step == "kept")
+        assert kept <= min(d.acks[0].ts for d in swarm.devices)  # the wave came after
+        canary.stop()
 
 
 def test_a_broken_transfer_resumes_with_the_missing_chunks_only(fleet: Fleet) -> None:
@@ -224,7 +325,8 @@ def test_operator_pause_resume_rollback_abort(fleet: Fleet) -> None:
         paused = fleet.start("linear@2", "--to", "device=sim-000", "--canary", "0")
         assert "running -> paused" in fleet.cli("rollout", "pause", paused)
         assert run("fleet", *fleet.args, "rollout", "pause", paused).returncode == 1
-        with fleet.serve():
+        # A log of its own: the first worker's "serving" line must not stand in for this one's.
+        with fleet.serve("serve-again"):
             # Another rollout completing proves the worker ticked many times meanwhile.
             other = fleet.start(
                 "linear@2", "--to", "device=sim-001,device=sim-002", "--canary", "0"
@@ -258,3 +360,32 @@ def test_a_device_that_never_answers_times_out_and_halts_the_rollout(
         assert states == {"sim-000": "timed_out", "sim-001": "pending", "sim-002": "pending"}
         assert swarm.versions() == {"sim-000": "1", "sim-001": "1", "sim-002": "1"}
         assert "no result within 2 s" in fleet.cli("rollout", "status", rollout)
+
+
+def test_abort_leaves_the_moved_devices_moved_and_rollback_takes_them_back(
+    fleet: Fleet, serve: FleetServe
+) -> None:
+    with Swarm("127.0.0.1", fleet.port, fleet.prefix, count=3, model="linear") as swarm:
+        fleet.wait_devices(3)
+        fleet.publish("2")
+        # A long soak keeps the rollout between its canary and its wave while the operator acts.
+        rollout = fleet.start("linear@2", "--to", "all", "--canary", "1", "--soak", "3600")
+        wait_until(lambda: fleet.device_states(rollout)["sim-000"] == "done", "the canary")
+        assert f"`fleet rollout rollback {rollout}` reverts them" in fleet.cli(
+            "rollout", "abort", rollout
+        )
+        wait_until(lambda: fleet.rollout_state(rollout) == "aborted", "the abort")
+
+        assert fleet.device_states(rollout) == {
+            "sim-000": "done", "sim-001": "cancelled", "sim-002": "cancelled"
+        }  # fmt: skip
+        assert swarm.versions() == {"sim-000": "2", "sim-001": "1", "sim-002": "1"}
+        assert all(not d.acks for d in swarm.devices[1:])  # the wave was never sent
+
+        fleet.cli("rollout", "rollback", rollout)
+        wait_until(lambda: fleet.rollout_state(rollout) == "rolled_back", "the rollback")
+        wait_until(
+            lambda: fleet.device_states(rollout)["sim-000"] == "reverted", "the canary's revert"
+        )
+        assert swarm.versions() == {"sim-000": "1", "sim-001": "1", "sim-002": "1"}
+        assert all(not d.acks for d in swarm.devices[1:])
