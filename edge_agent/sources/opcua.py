@@ -21,7 +21,6 @@ from asyncua.common.node import Node
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.uaerrors import UaStatusCodeError
 
-from edge_agent.errors import ConfigError
 from edge_agent.opcua import session_for
 from edge_agent.sources.base import Quality, Reading, Sample
 
@@ -87,6 +86,7 @@ class OpcUaSource:
         self._has_data = asyncio.Event()
         self._subscription: Any = None
         self._last_data = time.monotonic()
+        self._unresolved: set[str] = set()  # tags already reported as left out
         self.dropped = 0
         health.gauge(f"queue.source.{self.name}", lambda: len(self._queue))
         health.gauge(f"drops.source.{self.name}", lambda: self.dropped)
@@ -120,18 +120,32 @@ class OpcUaSource:
             yield batch
 
     def silent(self, now: float) -> bool:
+        if self._subscription is None:  # every tag left out: nothing to watch
+            return False
         return self.watchdog_s > 0 and now - self._last_data > self.watchdog_s
 
     # -------------------------------------------------------- called by the session's supervisor
 
     async def attached(self, client: Client) -> None:
-        """Create this source's subscription and monitored items on a fresh session."""
+        """Create this source's subscription and monitored items on a fresh session.
+
+        A tag the server does not have is left out (logged once, counted) and the others are
+        served: one typo in a tag list must not stop a whole machine's data.
+        """
         config = self._config
-        nodes = [await self._resolve(client, tag) for tag in config.tags]
-        self._tags = {node.nodeid: tag for node, tag in zip(nodes, config.tags, strict=True)}
+        resolved: list[tuple[Node, OpcUaTagConfig]] = []
+        for tag in config.tags:
+            node = await self._resolve(client, tag)
+            if node is not None:
+                resolved.append((node, tag))
+        # Known before the items exist: the server's first values may come before the answer.
+        self._tags = {node.nodeid: tag for node, tag in resolved}
+        if not resolved:
+            self._ready.set()
+            return
         subscription = await client.create_subscription(config.publishing_interval_ms, self)
         requests = []
-        for handle, (node, tag) in enumerate(zip(nodes, config.tags, strict=True)):
+        for handle, (node, tag) in enumerate(resolved):
             parameters = ua.MonitoringParameters()
             parameters.ClientHandle = handle
             parameters.SamplingInterval = (
@@ -154,15 +168,29 @@ class OpcUaSource:
             item.RequestedParameters = parameters
             requests.append(item)
         results = await subscription.create_monitored_items(requests)
-        for tag, result in zip(config.tags, results, strict=True):
+        for (node, tag), result in zip(resolved, results, strict=True):
             if isinstance(result, ua.StatusCode):
-                raise ConfigError(
-                    f"the server refused to monitor tag {tag.name}: {result.name}",
-                    key=f"sources.{self.name}.tags",
-                )
+                del self._tags[node.nodeid]
+                where = tag.node_id or tag.browse_path
+                self._left_out(tag, f"the server refused to monitor {where!r}: {result.name}")
         self._subscription = subscription
         self._last_data = time.monotonic()
         self._ready.set()
+
+    def _left_out(self, tag: OpcUaTagConfig, why: str) -> None:
+        """Log a tag the server cannot serve once (per agent run), with what to fix."""
+        if tag.name in self._unresolved:
+            return
+        self._unresolved.add(tag.name)
+        self._health.count(f"opcua.unresolved.{self.name}")
+        logger.error(
+            "OPC-UA source %s: tag %s left out, %s; the other tags are served. "
+            "Fix sources.%s.tags and restart",
+            self.name,
+            tag.name,
+            why,
+            self.name,
+        )
 
     async def refresh(self, client: Client) -> None:
         subscription, self._subscription = self._subscription, None
@@ -177,18 +205,19 @@ class OpcUaSource:
         self._subscription = None
         self._ready.clear()
 
-    async def _resolve(self, client: Client, tag: OpcUaTagConfig) -> Node:
+    async def _resolve(self, client: Client, tag: OpcUaTagConfig) -> Node | None:
         if tag.node_id is not None:
             return client.get_node(tag.node_id)
         assert tag.browse_path is not None
         try:
             return await client.nodes.objects.get_child(tag.browse_path.split("/"))
         except UaStatusCodeError as err:
-            raise ConfigError(
-                f"browse path {tag.browse_path!r} of tag {tag.name} is not on the server "
-                f"({err}); give it as ns:Name segments from the Objects folder",
-                key=f"sources.{self.name}.tags",
-            ) from err
+            self._left_out(
+                tag,
+                f"browse path {tag.browse_path!r} is not on the server ({err}); give it as "
+                "ns:Name segments from the Objects folder",
+            )
+            return None
 
     # ------------------------------------------------------------- asyncua's handler interface
 

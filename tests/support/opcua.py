@@ -124,12 +124,14 @@ class OpcUaTestServer:
         folders: dict[str, Any] = {}
         for tag in self.tags:
             if tag.folder not in folders:
+                # Browse names in the server's own namespace, as a PLC's are.
                 folders[tag.folder] = await server.nodes.objects.add_object(
-                    ua.NodeId(tag.folder, self.namespace_index), tag.folder
+                    ua.NodeId(tag.folder, self.namespace_index),
+                    ua.QualifiedName(tag.folder, self.namespace_index),
                 )
             node = await folders[tag.folder].add_variable(
                 ua.NodeId(f"{tag.folder}.{tag.name}", self.namespace_index),
-                tag.name,
+                ua.QualifiedName(tag.name, self.namespace_index),
                 ua.Variant(float(tag.initial), ua.VariantType.Double),
             )
             await node.set_writable()
