@@ -184,6 +184,35 @@ class OpcUaTestServer:
 
         return self._call(read())
 
+    def sessions(self) -> int:
+        """Client sessions open on the server now (created and not yet closed)."""
+
+        async def count() -> int:
+            assert self._server is not None
+            return len(self._server.iserver._external_sessions)
+
+        return self._call(count())
+
+    def subscriptions(self) -> list[int]:
+        """The ids of the subscriptions the server keeps now, of every session."""
+
+        async def ids() -> list[int]:
+            assert self._server is not None
+            return list(self._server.iserver.subscription_service.subscriptions)
+
+        return self._call(ids())
+
+    def drop_subscriptions(self) -> None:
+        """Delete every subscription server-side without telling the clients, as a PLC that
+        lost them (a restart of its OPC-UA task, a resource limit) does; sessions stay up."""
+
+        async def drop() -> None:
+            assert self._server is not None
+            service = self._server.iserver.subscription_service
+            await service.delete_subscriptions(list(service.subscriptions))
+
+        self._call(drop())
+
     def close(self) -> None:
         self.stop()
         self._loop.call_soon_threadsafe(self._loop.stop)
