@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from pathlib import Path
 
 import pytest
 
+from edge_agent.config import load_config
 from edge_agent.contracts.payloads import HeartbeatPayload, decode
 from edge_agent.contracts.topics import DeviceTopics
+from edge_agent.health import Health
+from edge_agent.sources.opcua import OpcUaSource
 from tests.edge_agent.test_opcua import (
     counters,
     opcua_agent_config,
@@ -88,3 +93,96 @@ def test_tags_missing_on_the_server_are_left_out_and_the_others_served(
     assert "temperature left out" not in log and "vibration left out" not in log
     assert "unreachable" not in log
     assert "Traceback" not in log
+
+
+class Collector:
+    """Runs a real OpcUaSource (the agent's own class, its own session) on this test's event loop
+    and keeps every (tag, value) it delivers, in order."""
+
+    def __init__(self, source: OpcUaSource) -> None:
+        self.source = source
+        self.values: list[tuple[str, float]] = []
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Collector:
+        await self.source.start()
+        assert await self.source.wait_ready(60), "the source never subscribed"
+        self._task = asyncio.create_task(self._collect(), name="collector")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        await self.source.stop()
+
+    async def _collect(self) -> None:
+        async for readings in self.source.readings():
+            for reading in readings:
+                self.values.extend((s.tag, s.value) for s in reading.samples)
+            self._changed.set()
+
+    async def wait_for(self, tag: str, value: float, timeout: float = 60) -> None:
+        async with asyncio.timeout(timeout):
+            while (tag, value) not in self.values:
+                self._changed.clear()
+                await self._changed.wait()
+
+    def of(self, tag: str) -> list[float]:
+        return [value for name, value in self.values if name == tag]
+
+
+def in_process_source(
+    tmp_path: Path, server: OpcUaTestServer, tag_lines: list[str], **source: str
+) -> OpcUaSource:
+    """An OpcUaSource built from a config file, as the agent builds it."""
+    path = opcua_agent_config(
+        tmp_path, port=1883, prefix="unused", server=server, tag_lines=tag_lines
+    )
+    text = path.read_text()
+    for key, value in source.items():
+        text = text.replace('asset = "press-1"\n', f'asset = "press-1"\n{key} = {value}\n')
+    path.write_text(text)
+    config = load_config(path)
+    return OpcUaSource(config.sources[0], config, Health(), {})  # type: ignore[arg-type]
+
+
+def test_an_absolute_deadband_keeps_smaller_changes_from_the_agent(
+    tmp_path: Path, opcua_server: OpcUaTestServer
+) -> None:
+    tag_lines = [
+        # The source's deadband (0.5) for pressure, a wider one for temperature, none for
+        # vibration: every change of vibration arrives, which tells what else was sent before.
+        f'  {{ name = "temperature", node_id = "{opcua_server.node_id("temperature")}", deadband = 2.0 }},',
+        f'  {{ name = "vibration", node_id = "{opcua_server.node_id("vibration")}", deadband = 0 }},',
+        f'  {{ name = "pressure", node_id = "{opcua_server.node_id("pressure")}" }},',
+    ]
+    source = in_process_source(tmp_path, opcua_server, tag_lines, deadband="0.5")
+
+    async def scenario() -> None:
+        async with Collector(source) as seen:
+            # The first value of each item is always sent.
+            await seen.wait_for("temperature", 70.0)
+            await seen.wait_for("pressure", 5.0)
+            await seen.wait_for("vibration", 0.3)
+
+            await asyncio.to_thread(opcua_server.write, "temperature", 71.5)  # 1.5 < 2.0
+            await asyncio.to_thread(opcua_server.write, "pressure", 5.3)  # 0.3 < 0.5
+            # Written after them: once it is here, anything the server sent for them is too.
+            await asyncio.to_thread(opcua_server.write, "vibration", 0.31)
+            await seen.wait_for("vibration", 0.31)
+            assert seen.of("temperature") == [70.0]
+            assert seen.of("pressure") == [5.0]
+
+            # Beyond the deadband from both the last value and the last one reported.
+            await asyncio.to_thread(opcua_server.write, "temperature", 74.0)
+            await asyncio.to_thread(opcua_server.write, "pressure", 6.0)
+            await asyncio.to_thread(opcua_server.write, "vibration", 0.32)
+            await seen.wait_for("vibration", 0.32)
+            assert seen.of("temperature") == [70.0, 74.0]
+            assert seen.of("pressure") == [5.0, 6.0]
+            assert seen.of("vibration") == [0.3, 0.31, 0.32]
+
+    asyncio.run(scenario())
