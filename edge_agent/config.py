@@ -315,7 +315,8 @@ class OpcUaSourceConfig(OpcUaEndpoint):
         10, ge=1, le=10_000
     )  # values the server keeps per tag between publishes
     timestamp: Literal["source", "server"] = "source"
-    # No data from any tag this long: check the server, then re-create the subscription. 0: off.
+    # The server sends keep-alives every 0.75 * watchdog_s when nothing changes; nothing at all this
+    # long: check the server, then re-create the subscription. 0: off.
     watchdog_s: float = Field(60.0, ge=0)
 
     @model_validator(mode="after")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import time
 from typing import TYPE_CHECKING, Any, Protocol
@@ -34,6 +35,8 @@ logger = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 10.0
 WATCH_INTERVAL_S = 0.25
+# At most one warning per user this often about subscriptions the watchdog re-created.
+WATCHDOG_LOG_S = 600.0
 
 
 def session_for(config: OpcUaEndpoint, health: Health, shared: dict[str, Any]) -> OpcUaSession:
@@ -62,7 +65,9 @@ class SessionUser(Protocol):
         ...
 
     def silent(self, now: float) -> bool:
-        """True when no data arrived for longer than ``watchdog_s`` (monotonic ``now``)."""
+        """True when the server sent this user nothing, not even a keep-alive, for longer than
+        ``watchdog_s`` (monotonic ``now``): its subscription is dead, the plant is not just quiet.
+        """
         ...
 
     async def refresh(self, client: Client) -> None:
@@ -86,6 +91,7 @@ class OpcUaSession:
         self._users = 0
         self._task: asyncio.Task[None] | None = None
         self._client: Client | None = None
+        self._watchdog_logged: dict[str, tuple[float, int]] = {}  # user -> (last warning, since)
         self.state = "connecting"
         security = config.security
         self._password = (
@@ -239,9 +245,21 @@ class OpcUaSession:
                     )
                 except Exception as err:  # any failure here means the session is unusable
                     return f"no data for {user.name} and no answer to a read: {err}"
-                logger.warning(
-                    "OPC-UA %s: no data for %.0f s; re-creating the subscription",
-                    user.name,
-                    user.watchdog_s,
-                )
+                self._report_dead_subscription(user, now)
                 await user.refresh(client)
+
+    def _report_dead_subscription(self, user: SessionUser, now: float) -> None:
+        """Warn of a re-created subscription, at most once per WATCHDOG_LOG_S per user: a server
+        that keeps dropping subscriptions must not flood the log (the counter has every one)."""
+        last, suppressed = self._watchdog_logged.get(user.name, (-math.inf, 0))
+        if now - last < WATCHDOG_LOG_S:
+            self._watchdog_logged[user.name] = (last, suppressed + 1)
+            return
+        self._watchdog_logged[user.name] = (now, 0)
+        logger.warning(
+            "OPC-UA %s: neither data nor keep-alive for %.0f s while the server answers; "
+            "re-creating the subscription%s",
+            user.name,
+            user.watchdog_s,
+            f" ({suppressed} more times since the last report)" if suppressed else "",
+        )
