@@ -6,16 +6,19 @@ import time
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
+from edge_agent.config import OpcUaSecurity
 from tests.edge_agent.test_opcua import (
     counters,
     opcua_agent_config,
     samples_received,
+    source_state,
     wait_until,
 )
 from tests.support.mosquitto import Mosquitto
-from tests.support.opcua import OpcUaTestServer
-from tests.support.processes import AgentProcess
+from tests.support.opcua import OpcUaTestServer, Tag, make_certificate
+from tests.support.processes import AgentProcess, run
 
 pytestmark = pytest.mark.slow
 
@@ -117,3 +120,123 @@ def test_a_subscription_the_server_dropped_is_recreated_and_a_quiet_plant_is_lef
     assert len([line for line in log.splitlines() if "re-creating the subscription" in line]) == 1
     assert "lost (" not in log
     assert "Traceback" not in log
+
+
+def user_certificate_security(
+    pki: Path, server_cert: Path, user: tuple[Path, Path], *, policy: str = "Basic256Sha256"
+) -> str:
+    client_cert, client_key = make_certificate(pki, "edge-agent", server=False)
+    return f"""
+[sources.security]
+policy = "{policy}"
+mode = "SignAndEncrypt"
+certificate = "{client_cert}"
+private_key = "{client_key}"
+server_certificate = "{server_cert}"
+user_certificate = "{user[0]}"
+user_private_key = "{user[1]}"
+"""
+
+
+def test_a_user_certificate_is_the_session_identity(
+    tmp_path: Path, broker: Mosquitto, topic_prefix: str
+) -> None:
+    pki = tmp_path / "pki"
+    server_cert = make_certificate(pki, "plc", server=True)
+    operator = make_certificate(pki, "operator", server=False)
+    stranger = make_certificate(pki, "stranger", server=False)
+    # The server takes X.509 user identities only, and trusts the operator's certificate.
+    server = OpcUaTestServer(
+        [Tag("temperature", 70.0), Tag("vibration", 0.3), Tag("pressure", 5.0)],
+        secured=server_cert,
+        user_certificates=[operator[0]],
+    )
+    server.start()
+    try:
+        config = opcua_agent_config(
+            tmp_path,
+            port=broker.port,
+            prefix=topic_prefix,
+            server=server,
+            extra_source=user_certificate_security(pki, server_cert[0], operator),
+        )
+        state_dir = tmp_path / "state"
+        with AgentProcess(config, tmp_path / "agent.log") as agent:
+            agent.wait_for_log("serving")
+            wait_until(lambda: samples_received(state_dir) >= 3, "the initial values")
+            server.write("temperature", 71.5)
+            wait_until(lambda: samples_received(state_dir) >= 4, "a value as the operator")
+            assert server.sessions() == 1
+            assert agent.stop() == 0
+        assert server.sessions() == 0
+
+        # Another certificate, however well formed, is not a user this server knows.
+        config = opcua_agent_config(
+            tmp_path,
+            port=broker.port,
+            prefix=topic_prefix,
+            server=server,
+            extra_source=user_certificate_security(pki, server_cert[0], stranger),
+        )
+        (state_dir / "status.json").unlink()
+        with AgentProcess(config, tmp_path / "refused.log") as agent:
+            agent.wait_for_log("unreachable (BadUserAccessDenied")
+            assert source_state(state_dir) != "connected"
+            assert samples_received(state_dir) == 0
+            assert agent.stop() == 0
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("problem", ["missing", "not_a_certificate", "other_key"])
+def test_a_user_certificate_that_cannot_be_used_is_a_config_error(
+    tmp_path: Path, opcua_server: OpcUaTestServer, problem: str
+) -> None:
+    pki = tmp_path / "pki"
+    operator = make_certificate(pki, "operator", server=False)
+    other = make_certificate(pki, "other", server=False)
+    server_cert = make_certificate(pki, "plc", server=True)
+    user = {
+        "missing": (pki / "nowhere.der", operator[1]),
+        "not_a_certificate": (operator[1], operator[1]),  # the key file given as certificate
+        "other_key": (operator[0], other[1]),
+    }[problem]
+    config = opcua_agent_config(
+        tmp_path,
+        port=1,  # never reached: the agent stops before it connects to anything
+        prefix="unused",
+        server=opcua_server,
+        extra_source=user_certificate_security(pki, server_cert[0], user),
+    )
+    result = run("edge-agent", "run", "--config", str(config), timeout=120)
+    # 78 (EX_CONFIG) at once: systemd does not restart it, and nobody waits on an "unreachable"
+    # PLC that is in fact a wrong path.
+    assert result.returncode == 78, result.stderr
+    key = "user_private_key" if problem == "other_key" else "user_certificate"
+    assert f"plc: security.{key}" in result.stderr
+    assert str(user[0] if key == "user_certificate" else user[1]) in result.stderr
+    assert "unreachable" not in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("security", "error"),
+    [
+        ({"user_certificate": "u.der"}, "user_certificate and user_private_key go together"),
+        (
+            {"user_certificate": "u.der", "user_private_key": "u.pem", "username": "edge"},
+            "a username or a user_certificate, not both",
+        ),
+        (
+            {"policy": "None", "user_certificate": "u.der", "user_private_key": "u.pem"},
+            "a user_certificate needs policy Basic256Sha256",
+        ),
+        ({"user_cert": "u.der"}, "Extra inputs are not permitted"),
+    ],
+)
+def test_user_certificate_settings_are_checked_when_the_config_loads(
+    security: dict[str, str], error: str
+) -> None:
+    base = {"certificate": "c.der", "private_key": "c.pem"}
+    with pytest.raises(ValidationError, match=error):
+        OpcUaSecurity.model_validate(base | security)
