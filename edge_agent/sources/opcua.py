@@ -21,6 +21,7 @@ from asyncua import ua
 from asyncua.client.client import Client
 from asyncua.common.node import Node
 from asyncua.ua.attribute_ids import AttributeIds
+from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.uaerrors import UaStatusCodeError
 
 from edge_agent.opcua import session_for
@@ -36,6 +37,12 @@ logger = logging.getLogger(__name__)
 
 # Samples held between the subscription and the agent before the oldest are dropped (counted).
 QUEUE_LIMIT = 100_000
+# What the server answers for a browse path it does not have.
+_NOT_ON_SERVER = {
+    StatusCodes.BadNoMatch,
+    StatusCodes.BadNodeIdUnknown,
+    StatusCodes.BadBrowseNameInvalid,
+}
 # Keep-alive period as a share of watchdog_s. Above 2/3 so that asyncua's own stale-subscription
 # check (1.5 keep-alive periods) never acts before the watchdog, which counts and logs; below 1
 # so that a quiet plant's keep-alives arrive with a quarter of watchdog_s to spare.
@@ -264,6 +271,8 @@ class OpcUaSource:
         try:
             return await client.nodes.objects.get_child(tag.browse_path.split("/"))
         except UaStatusCodeError as err:
+            if err.code not in _NOT_ON_SERVER:
+                raise  # a session in trouble, not a wrong path: the supervisor reconnects
             self._left_out(
                 tag,
                 f"browse path {tag.browse_path!r} is not on the server ({err}); give it as "
