@@ -63,7 +63,7 @@ def _read(path: Path, key: str) -> bytes:
         raise ConfigError(f"cannot read {path}: {err.strerror or err}", key=key) from err
 
 
-def load_certificate(path: Path, key: str) -> x509.Certificate:
+def _load_certificate(path: Path, key: str) -> x509.Certificate:
     """A certificate file (PEM or DER), or a ConfigError naming ``key`` and the file.
 
     Read when the session is made, so that a wrong path stops the agent with a config error
@@ -80,7 +80,7 @@ def load_certificate(path: Path, key: str) -> x509.Certificate:
         ) from err
 
 
-def load_private_key(path: Path, key: str) -> PrivateKeyTypes:
+def _load_private_key(path: Path, key: str) -> PrivateKeyTypes:
     """An unencrypted private key file (PEM or DER), or a ConfigError naming ``key``."""
     data = _read(path, key)
     try:
@@ -151,14 +151,14 @@ class OpcUaSession:
                 (security.server_certificate, "server_certificate"),
             ):
                 if path is not None:
-                    load_certificate(path, f"{what}.{name}")
+                    _load_certificate(path, f"{what}.{name}")
             if security.private_key is not None:
-                load_private_key(security.private_key, f"{what}.private_key")
+                _load_private_key(security.private_key, f"{what}.private_key")
             if security.user_certificate is not None and security.user_private_key is not None:
-                certificate = load_certificate(
+                certificate = _load_certificate(
                     security.user_certificate, f"{what}.user_certificate"
                 )
-                private_key = load_private_key(
+                private_key = _load_private_key(
                     security.user_private_key, f"{what}.user_private_key"
                 )
                 if _public(certificate) != _public(private_key):

@@ -188,9 +188,17 @@ def test_a_user_certificate_is_the_session_identity(
         server.close()
 
 
-@pytest.mark.parametrize("problem", ["missing", "not_a_certificate", "other_key"])
-def test_a_user_certificate_that_cannot_be_used_is_a_config_error(
-    tmp_path: Path, opcua_server: OpcUaTestServer, problem: str
+@pytest.mark.parametrize(
+    ("problem", "key"),
+    [
+        ("missing", "user_certificate"),
+        ("not_a_certificate", "user_certificate"),
+        ("other_key", "user_private_key"),
+        ("application_certificate_missing", "certificate"),
+    ],
+)
+def test_a_certificate_that_cannot_be_used_is_a_config_error(
+    tmp_path: Path, opcua_server: OpcUaTestServer, problem: str, key: str
 ) -> None:
     pki = tmp_path / "pki"
     operator = make_certificate(pki, "operator", server=False)
@@ -200,21 +208,26 @@ def test_a_user_certificate_that_cannot_be_used_is_a_config_error(
         "missing": (pki / "nowhere.der", operator[1]),
         "not_a_certificate": (operator[1], operator[1]),  # the key file given as certificate
         "other_key": (operator[0], other[1]),
+        "application_certificate_missing": operator,
     }[problem]
+    security = user_certificate_security(pki, server_cert[0], user)
+    named = {"user_certificate": user[0], "user_private_key": user[1]}
+    if problem == "application_certificate_missing":
+        named["certificate"] = pki / "gone.der"
+        security = security.replace(str(pki / "edge-agent.der"), str(named["certificate"]))
     config = opcua_agent_config(
         tmp_path,
         port=1,  # never reached: the agent stops before it connects to anything
         prefix="unused",
         server=opcua_server,
-        extra_source=user_certificate_security(pki, server_cert[0], user),
+        extra_source=security,
     )
     result = run("edge-agent", "run", "--config", str(config), timeout=120)
     # 78 (EX_CONFIG) at once: systemd does not restart it, and nobody waits on an "unreachable"
     # PLC that is in fact a wrong path.
     assert result.returncode == 78, result.stderr
-    key = "user_private_key" if problem == "other_key" else "user_certificate"
     assert f"plc: security.{key}" in result.stderr
-    assert str(user[0] if key == "user_certificate" else user[1]) in result.stderr
+    assert str(named[key]) in result.stderr
     assert "unreachable" not in result.stderr
     assert "Traceback" not in result.stderr
 
