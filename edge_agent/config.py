@@ -251,7 +251,12 @@ class MqttSourceConfig(_Section):
 
 
 class OpcUaSecurity(_Section):
-    """How to reach a secured server. Secrets come from the environment or systemd credentials."""
+    """How to reach a secured server. Secrets come from the environment or systemd credentials.
+
+    The user is anonymous, a ``username`` with a password, or an X.509 user certificate
+    (``user_certificate`` and ``user_private_key``): an identity of its own, apart from the
+    application ``certificate`` that secures the channel.
+    """
 
     policy: Literal["None", "Basic256Sha256"] = "Basic256Sha256"
     mode: Literal["Sign", "SignAndEncrypt"] = "SignAndEncrypt"
@@ -261,6 +266,8 @@ class OpcUaSecurity(_Section):
     username: str | None = None
     password_env: str | None = None
     password_credential: str | None = None
+    user_certificate: Path | None = None  # the user's certificate (DER or PEM)
+    user_private_key: Path | None = None  # its key (PEM or DER, not encrypted)
 
     @model_validator(mode="after")
     def _complete(self) -> OpcUaSecurity:
@@ -272,6 +279,14 @@ class OpcUaSecurity(_Section):
             raise ValueError("give password_env or password_credential, not both")
         if (self.password_env or self.password_credential) and self.username is None:
             raise ValueError("a password needs a username")
+        if (self.user_certificate is None) != (self.user_private_key is None):
+            raise ValueError("user_certificate and user_private_key go together")
+        if self.user_certificate is not None:
+            if self.username is not None:
+                raise ValueError("give a username or a user_certificate, not both")
+            if self.policy != "Basic256Sha256":
+                # The user's key signs the server's nonce under the channel's policy.
+                raise ValueError("a user_certificate needs policy Basic256Sha256")
         return self
 
 
@@ -315,7 +330,8 @@ class OpcUaSourceConfig(OpcUaEndpoint):
         10, ge=1, le=10_000
     )  # values the server keeps per tag between publishes
     timestamp: Literal["source", "server"] = "source"
-    # No data from any tag this long: check the server, then re-create the subscription. 0: off.
+    # The server sends keep-alives every 0.75 * watchdog_s when nothing changes; nothing at all this
+    # long: check the server, then re-create the subscription. 0: off.
     watchdog_s: float = Field(60.0, ge=0)
 
     @model_validator(mode="after")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import time
 from typing import TYPE_CHECKING, Any, Protocol
@@ -20,11 +21,17 @@ from asyncua import ua
 from asyncua.client.client import Client
 from asyncua.client.ua_client import UaClientState
 from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from edge_agent.config import read_secret
 from edge_agent.errors import ConfigError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+
     from edge_agent.config import OpcUaEndpoint
     from edge_agent.health import Health
 
@@ -34,6 +41,8 @@ logger = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 10.0
 WATCH_INTERVAL_S = 0.25
+# At most one warning per user this often about subscriptions the watchdog re-created.
+WATCHDOG_LOG_S = 600.0
 
 
 def session_for(config: OpcUaEndpoint, health: Health, shared: dict[str, Any]) -> OpcUaSession:
@@ -45,6 +54,49 @@ def session_for(config: OpcUaEndpoint, health: Health, shared: dict[str, Any]) -
     else:
         session.check_same_server(config)
     return session
+
+
+def _read(path: Path, key: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise ConfigError(f"cannot read {path}: {err.strerror or err}", key=key) from err
+
+
+def _load_certificate(path: Path, key: str) -> x509.Certificate:
+    """A certificate file (PEM or DER), or a ConfigError naming ``key`` and the file.
+
+    Read when the session is made, so that a wrong path stops the agent with a config error
+    instead of failing every connect as if the server were down.
+    """
+    data = _read(path, key)
+    try:
+        if data.lstrip().startswith(b"-----BEGIN"):
+            return x509.load_pem_x509_certificate(data)
+        return x509.load_der_x509_certificate(data)
+    except ValueError as err:
+        raise ConfigError(
+            f"{path} is not an X.509 certificate (PEM or DER): {err}", key=key
+        ) from err
+
+
+def _load_private_key(path: Path, key: str) -> PrivateKeyTypes:
+    """An unencrypted private key file (PEM or DER), or a ConfigError naming ``key``."""
+    data = _read(path, key)
+    try:
+        if data.lstrip().startswith(b"-----BEGIN"):
+            return serialization.load_pem_private_key(data, password=None)
+        return serialization.load_der_private_key(data, password=None)
+    except (ValueError, TypeError) as err:  # TypeError: the key is encrypted
+        raise ConfigError(
+            f"{path} is not an unencrypted private key (PEM or DER): {err}", key=key
+        ) from err
+
+
+def _public(item: x509.Certificate | PrivateKeyTypes) -> bytes:
+    return item.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 class SessionUser(Protocol):
@@ -62,7 +114,9 @@ class SessionUser(Protocol):
         ...
 
     def silent(self, now: float) -> bool:
-        """True when no data arrived for longer than ``watchdog_s`` (monotonic ``now``)."""
+        """True when the server sent this user nothing, not even a keep-alive, for longer than
+        ``watchdog_s`` (monotonic ``now``): its subscription is dead, the plant is not just quiet.
+        """
         ...
 
     async def refresh(self, client: Client) -> None:
@@ -86,8 +140,34 @@ class OpcUaSession:
         self._users = 0
         self._task: asyncio.Task[None] | None = None
         self._client: Client | None = None
+        self._watchdog_logged: dict[str, tuple[float, int]] = {}  # user -> (last warning, since)
         self.state = "connecting"
         security = config.security
+        self._user_identity: tuple[x509.Certificate, PrivateKeyTypes] | None = None
+        if security is not None:
+            what = f"{config.name}: security"
+            for path, name in (
+                (security.certificate, "certificate"),
+                (security.server_certificate, "server_certificate"),
+            ):
+                if path is not None:
+                    _load_certificate(path, f"{what}.{name}")
+            if security.private_key is not None:
+                _load_private_key(security.private_key, f"{what}.private_key")
+            if security.user_certificate is not None and security.user_private_key is not None:
+                certificate = _load_certificate(
+                    security.user_certificate, f"{what}.user_certificate"
+                )
+                private_key = _load_private_key(
+                    security.user_private_key, f"{what}.user_private_key"
+                )
+                if _public(certificate) != _public(private_key):
+                    raise ConfigError(
+                        f"{security.user_private_key} is not the key of "
+                        f"{security.user_certificate}",
+                        key=f"{what}.user_private_key",
+                    )
+                self._user_identity = (certificate, private_key)
         self._password = (
             read_secret(
                 env=security.password_env,
@@ -142,6 +222,9 @@ class OpcUaSession:
             client.set_user(security.username)
             if self._password is not None:
                 client.set_password(self._password)
+        if self._user_identity is not None:
+            # asyncua sends an X.509 identity token, signed with this key, when these are set.
+            client.user_certificate, client.user_private_key = self._user_identity
         return client
 
     async def _connect(self) -> Client:
@@ -239,9 +322,21 @@ class OpcUaSession:
                     )
                 except Exception as err:  # any failure here means the session is unusable
                     return f"no data for {user.name} and no answer to a read: {err}"
-                logger.warning(
-                    "OPC-UA %s: no data for %.0f s; re-creating the subscription",
-                    user.name,
-                    user.watchdog_s,
-                )
+                self._report_dead_subscription(user, now)
                 await user.refresh(client)
+
+    def _report_dead_subscription(self, user: SessionUser, now: float) -> None:
+        """Warn of a re-created subscription, at most once per WATCHDOG_LOG_S per user: a server
+        that keeps dropping subscriptions must not flood the log (the counter has every one)."""
+        last, suppressed = self._watchdog_logged.get(user.name, (-math.inf, 0))
+        if now - last < WATCHDOG_LOG_S:
+            self._watchdog_logged[user.name] = (last, suppressed + 1)
+            return
+        self._watchdog_logged[user.name] = (now, 0)
+        logger.warning(
+            "OPC-UA %s: neither data nor keep-alive for %.0f s while the server answers; "
+            "re-creating the subscription%s",
+            user.name,
+            user.watchdog_s,
+            f" ({suppressed} more times since the last report)" if suppressed else "",
+        )

@@ -1,7 +1,9 @@
 """OPC-UA source: subscribes to PLC tags through the session shared per server (edge_agent.opcua).
 
 Each source is one subscription with a monitored item per tag; the session's supervisor creates
-it again after every reconnect, and again when the source's watchdog finds it silent.
+it again after every reconnect, and again when the source's watchdog finds it silent. The
+subscription asks the server for keep-alives well within the watchdog's time, so a quiet plant
+(no value changes) still shows a live subscription and only a dead one is silent.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ from asyncua import ua
 from asyncua.client.client import Client
 from asyncua.common.node import Node
 from asyncua.ua.attribute_ids import AttributeIds
+from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.uaerrors import UaStatusCodeError
 
-from edge_agent.errors import ConfigError
 from edge_agent.opcua import session_for
 from edge_agent.sources.base import Quality, Reading, Sample
 
@@ -35,6 +37,16 @@ logger = logging.getLogger(__name__)
 
 # Samples held between the subscription and the agent before the oldest are dropped (counted).
 QUEUE_LIMIT = 100_000
+# What the server answers for a browse path it does not have.
+_NOT_ON_SERVER = {
+    StatusCodes.BadNoMatch,
+    StatusCodes.BadNodeIdUnknown,
+    StatusCodes.BadBrowseNameInvalid,
+}
+# Keep-alive period as a share of watchdog_s. Above 2/3 so that asyncua's own stale-subscription
+# check (1.5 keep-alive periods) never acts before the watchdog, which counts and logs; below 1
+# so that a quiet plant's keep-alives arrive with a quarter of watchdog_s to spare.
+KEEPALIVE_SHARE = 0.75
 
 
 def quality_of(status: ua.StatusCode | None) -> Quality:
@@ -86,7 +98,9 @@ class OpcUaSource:
         self._ready = asyncio.Event()
         self._has_data = asyncio.Event()
         self._subscription: Any = None
-        self._last_data = time.monotonic()
+        self._subscribed_at = time.monotonic()
+        self._silent_after = config.watchdog_s
+        self._unresolved: set[str] = set()  # tags already reported as left out
         self.dropped = 0
         health.gauge(f"queue.source.{self.name}", lambda: len(self._queue))
         health.gauge(f"drops.source.{self.name}", lambda: self.dropped)
@@ -120,18 +134,37 @@ class OpcUaSource:
             yield batch
 
     def silent(self, now: float) -> bool:
-        return self.watchdog_s > 0 and now - self._last_data > self.watchdog_s
+        subscription = self._subscription
+        if subscription is None or self.watchdog_s <= 0:  # every tag left out, or watchdog off
+            return False
+        # Every publish counts, data or keep-alive: silence means the server stopped serving
+        # this subscription, not that the plant is quiet.
+        last = max(subscription.last_publish_at or 0.0, self._subscribed_at)
+        return now - last > self._silent_after
 
     # -------------------------------------------------------- called by the session's supervisor
 
     async def attached(self, client: Client) -> None:
-        """Create this source's subscription and monitored items on a fresh session."""
+        """Create this source's subscription and monitored items on a fresh session.
+
+        A tag the server does not have is left out (logged once, counted) and the others are
+        served: one typo in a tag list must not stop a whole machine's data.
+        """
         config = self._config
-        nodes = [await self._resolve(client, tag) for tag in config.tags]
-        self._tags = {node.nodeid: tag for node, tag in zip(nodes, config.tags, strict=True)}
-        subscription = await client.create_subscription(config.publishing_interval_ms, self)
+        resolved: list[tuple[Node, OpcUaTagConfig]] = []
+        for tag in config.tags:
+            node = await self._resolve(client, tag)
+            if node is not None:
+                resolved.append((node, tag))
+        # Known before the items exist: the server's first values may come before the answer.
+        self._tags = {node.nodeid: tag for node, tag in resolved}
+        if not resolved:
+            self._ready.set()
+            return
+        subscription = await client.create_subscription(self._parameters(client), self)
+        self._silent_after = self._watchdog_time(subscription.parameters)
         requests = []
-        for handle, (node, tag) in enumerate(zip(nodes, config.tags, strict=True)):
+        for handle, (node, tag) in enumerate(resolved):
             parameters = ua.MonitoringParameters()
             parameters.ClientHandle = handle
             parameters.SamplingInterval = (
@@ -154,15 +187,69 @@ class OpcUaSource:
             item.RequestedParameters = parameters
             requests.append(item)
         results = await subscription.create_monitored_items(requests)
-        for tag, result in zip(config.tags, results, strict=True):
+        for (node, tag), result in zip(resolved, results, strict=True):
             if isinstance(result, ua.StatusCode):
-                raise ConfigError(
-                    f"the server refused to monitor tag {tag.name}: {result.name}",
-                    key=f"sources.{self.name}.tags",
-                )
+                del self._tags[node.nodeid]
+                where = tag.node_id or tag.browse_path
+                self._left_out(tag, f"the server refused to monitor {where!r}: {result.name}")
         self._subscription = subscription
-        self._last_data = time.monotonic()
+        self._subscribed_at = time.monotonic()
         self._ready.set()
+
+    def _parameters(self, client: Client) -> ua.CreateSubscriptionParameters:
+        config = self._config
+        parameters = ua.CreateSubscriptionParameters()
+        parameters.RequestedPublishingInterval = config.publishing_interval_ms
+        if config.watchdog_s > 0:
+            keepalive_ms = config.watchdog_s * 1000 * KEEPALIVE_SHARE
+            keepalive = max(1, math.floor(keepalive_ms / config.publishing_interval_ms))
+        else:  # no watchdog: asyncua's default, a keep-alive at 3/4 of the session timeout
+            keepalive = client.get_keepalive_count(config.publishing_interval_ms)
+        parameters.RequestedMaxKeepAliveCount = keepalive
+        # The server may drop a subscription after this many intervals without a publish
+        # request; OPC-UA wants at least three keep-alive periods.
+        parameters.RequestedLifetimeCount = max(10_000, 3 * keepalive)
+        parameters.MaxNotificationsPerPublish = 10_000
+        parameters.PublishingEnabled = True
+        parameters.Priority = 0
+        return parameters
+
+    def _watchdog_time(self, parameters: Any) -> float:
+        """Silence that means a dead subscription, given the keep-alive the server agreed to."""
+        watchdog_s = self._config.watchdog_s
+        if watchdog_s <= 0:
+            return 0.0
+        # asyncua asks again with its own keep-alive when a server revises the interval.
+        keepalive_s = float(
+            parameters.RequestedPublishingInterval * parameters.RequestedMaxKeepAliveCount / 1000
+        )
+        if keepalive_s <= watchdog_s * KEEPALIVE_SHARE:
+            return watchdog_s
+        self._health.problem_once(
+            f"opcua-keepalive-{self.name}",
+            "OPC-UA %s: the server sends keep-alives every %.0f s, so the watchdog waits %.0f s "
+            "rather than watchdog_s = %.0f s",
+            self.name,
+            keepalive_s,
+            keepalive_s / KEEPALIVE_SHARE,
+            watchdog_s,
+        )
+        return keepalive_s / KEEPALIVE_SHARE
+
+    def _left_out(self, tag: OpcUaTagConfig, why: str) -> None:
+        """Log a tag the server cannot serve once (per agent run), with what to fix."""
+        if tag.name in self._unresolved:
+            return
+        self._unresolved.add(tag.name)
+        self._health.count(f"opcua.unresolved.{self.name}")
+        logger.error(
+            "OPC-UA source %s: tag %s left out, %s; the other tags are served. "
+            "Fix sources.%s.tags and restart",
+            self.name,
+            tag.name,
+            why,
+            self.name,
+        )
 
     async def refresh(self, client: Client) -> None:
         subscription, self._subscription = self._subscription, None
@@ -177,24 +264,26 @@ class OpcUaSource:
         self._subscription = None
         self._ready.clear()
 
-    async def _resolve(self, client: Client, tag: OpcUaTagConfig) -> Node:
+    async def _resolve(self, client: Client, tag: OpcUaTagConfig) -> Node | None:
         if tag.node_id is not None:
             return client.get_node(tag.node_id)
         assert tag.browse_path is not None
         try:
             return await client.nodes.objects.get_child(tag.browse_path.split("/"))
         except UaStatusCodeError as err:
-            raise ConfigError(
-                f"browse path {tag.browse_path!r} of tag {tag.name} is not on the server "
-                f"({err}); give it as ns:Name segments from the Objects folder",
-                key=f"sources.{self.name}.tags",
-            ) from err
+            if err.code not in _NOT_ON_SERVER:
+                raise  # a session in trouble, not a wrong path: the supervisor reconnects
+            self._left_out(
+                tag,
+                f"browse path {tag.browse_path!r} is not on the server ({err}); give it as "
+                "ns:Name segments from the Objects folder",
+            )
+            return None
 
     # ------------------------------------------------------------- asyncua's handler interface
 
     def datachange_notification(self, node: Node, val: Any, data: Any) -> None:
         """Called by asyncua for each changed value; queues it as a one-sample reading."""
-        self._last_data = time.monotonic()
         tag = self._tags.get(node.nodeid)
         if tag is None:
             return

@@ -29,12 +29,21 @@ PERIODS = {"temperature": 0.25, "vibration": 0.1, "pressure": 0.5}
 
 
 def opcua_agent_config(
-    tmp_path: Path, *, port: int, prefix: str, server: OpcUaTestServer, extra_source: str = ""
+    tmp_path: Path,
+    *,
+    port: int,
+    prefix: str,
+    server: OpcUaTestServer,
+    extra_source: str = "",
+    tag_lines: list[str] | None = None,
+    extra: str = "",
 ) -> Path:
     bundle = linear_bundle(
         tmp_path / "windowed.bundle", features=FEATURES, weights=WEIGHTS, bias=BIAS
     )
-    lines = [f'  {{ name = "{tag}", node_id = "{server.node_id(tag)}" }},' for tag in PERIODS]
+    lines = tag_lines or [
+        f'  {{ name = "{tag}", node_id = "{server.node_id(tag)}" }},' for tag in PERIODS
+    ]
     tags = "tags = [\n" + "\n".join(lines) + "\n]"
     path = tmp_path / "agent.toml"
     path.write_text(
@@ -66,6 +75,7 @@ reconnect_min_s = 0.2
 reconnect_max_s = 1.0
 {tags}
 {extra_source}
+{extra}
 
 [windows]
 mode = "tumbling"

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from asyncua import Server, ua
+from asyncua.crypto import uacrypto
 from asyncua.crypto.cert_gen import setup_self_signed_certificate
 from asyncua.server.user_managers import User, UserManager, UserRole
 from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -28,10 +29,11 @@ NAMESPACE = "urn:edge-inference:test"
 
 
 class _Users(UserManager):
-    """Accepts exactly the configured user names and passwords."""
+    """Accepts exactly the configured user names and passwords, and user certificates (DER)."""
 
-    def __init__(self, users: dict[str, str]) -> None:
+    def __init__(self, users: dict[str, str], certificates: list[bytes]) -> None:
         self.users = users
+        self.certificates = certificates
 
     def get_user(
         self,
@@ -41,6 +43,10 @@ class _Users(UserManager):
         certificate: Any = None,
     ) -> User | None:
         if username is not None and self.users.get(username) == password:
+            return User(role=UserRole.User)
+        # asyncua passes the X.509 identity token's certificate here, or else the channel's
+        # application certificate: only a listed user certificate may match.
+        if username is None and certificate in self.certificates:
             return User(role=UserRole.User)
         return None
 
@@ -80,12 +86,15 @@ class OpcUaTestServer:
         port: int | None = None,
         secured: tuple[Path, Path] | None = None,
         users: dict[str, str] | None = None,
+        user_certificates: list[Path] | None = None,
     ) -> None:
         """``secured`` (certificate, private key) offers only Basic256Sha256 SignAndEncrypt;
-        ``users`` (name -> password) then accepts only those users, no anonymous client."""
+        ``users`` (name -> password) and ``user_certificates`` (X.509 user identities) then
+        accept only those users, no anonymous client."""
         self.tags = tags
         self.secured = secured
         self.users = users
+        self.user_certificates = user_certificates
         self.port = port or free_port()
         self.endpoint = f"opc.tcp://127.0.0.1:{self.port}/edge/"
         self.namespace_index = 2
@@ -106,8 +115,13 @@ class OpcUaTestServer:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
     async def _start(self) -> None:
-        users = self.users
-        server = Server(user_manager=_Users(users) if users is not None else None)
+        users, user_certificates = self.users, self.user_certificates
+        checked = users is not None or user_certificates is not None
+        certificates = [
+            uacrypto.der_from_x509(await uacrypto.load_certificate(str(path)))
+            for path in user_certificates or []
+        ]
+        server = Server(user_manager=_Users(users or {}, certificates) if checked else None)
         await server.init()
         server.set_endpoint(self.endpoint)
         server.set_server_name("edge-inference test PLC")
@@ -118,18 +132,25 @@ class OpcUaTestServer:
             server.set_security_policy([ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
             await server.load_certificate(str(certificate))
             await server.load_private_key(str(key))
+        tokens: list[type] = []
         if users is not None:
-            server.set_security_IDs(["Username"])
+            tokens.append(ua.UserNameIdentityToken)
+        if user_certificates is not None:
+            tokens.append(ua.X509IdentityToken)
+        if tokens:
+            server.set_identity_tokens(tokens)
         self.namespace_index = await server.register_namespace(NAMESPACE)
         folders: dict[str, Any] = {}
         for tag in self.tags:
             if tag.folder not in folders:
+                # Browse names in the server's own namespace, as a PLC's are.
                 folders[tag.folder] = await server.nodes.objects.add_object(
-                    ua.NodeId(tag.folder, self.namespace_index), tag.folder
+                    ua.NodeId(tag.folder, self.namespace_index),
+                    ua.QualifiedName(tag.folder, self.namespace_index),
                 )
             node = await folders[tag.folder].add_variable(
                 ua.NodeId(f"{tag.folder}.{tag.name}", self.namespace_index),
-                tag.name,
+                ua.QualifiedName(tag.name, self.namespace_index),
                 ua.Variant(float(tag.initial), ua.VariantType.Double),
             )
             await node.set_writable()
@@ -181,6 +202,35 @@ class OpcUaTestServer:
             return float(await self._nodes[tag].read_value())
 
         return self._call(read())
+
+    def sessions(self) -> int:
+        """Client sessions open on the server now (created and not yet closed)."""
+
+        async def count() -> int:
+            assert self._server is not None
+            return len(self._server.iserver._external_sessions)
+
+        return self._call(count())
+
+    def subscriptions(self) -> list[int]:
+        """The ids of the subscriptions the server keeps now, of every session."""
+
+        async def ids() -> list[int]:
+            assert self._server is not None
+            return list(self._server.iserver.subscription_service.subscriptions)
+
+        return self._call(ids())
+
+    def drop_subscriptions(self) -> None:
+        """Delete every subscription server-side without telling the clients, as a PLC that
+        lost them (a restart of its OPC-UA task, a resource limit) does; sessions stay up."""
+
+        async def drop() -> None:
+            assert self._server is not None
+            service = self._server.iserver.subscription_service
+            await service.delete_subscriptions(list(service.subscriptions))
+
+        self._call(drop())
 
     def close(self) -> None:
         self.stop()
