@@ -852,12 +852,21 @@ _HANDLERS: dict[tuple[str, str | None], Handler] = {
 }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.command == "demo":
+def _demo(args: argparse.Namespace) -> int:
+    try:
         from fleet.demo import run_demo
 
         return run_demo(args.workdir, args.duration)
+    except KeyboardInterrupt:
+        # Ctrl-C while the demo's modules load or the broker is chosen, before it started
+        # anything (from then on it handles the signal itself).
+        return 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "demo":
+        return _demo(args)
     if args.command == "devices" and args.action == "list" and args.live:
         try:
             return _devices_live(args)

@@ -108,6 +108,17 @@ def _assert_stopped_cleanly(demo: DemoRun, code: int, signum: int) -> None:
     assert _processes_marked(demo.token) == []
 
 
+def _assert_stopped_in_reverse_order(demo: DemoRun) -> None:
+    """The broker saw the agent, then the fleet manager, leave cleanly: each stopped in its turn
+    while the broker, started first, was still up."""
+    log = (demo.workdir / "broker" / "mosquitto.log").read_text()
+    agent = log.find("Client edge-agent-pump-gateway-1 disconnected.")
+    manager = re.search(r"Client fleet-serve-\w+ disconnected\.", log)
+    assert agent >= 0, log
+    assert manager is not None, log
+    assert agent < manager.start(), log
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "phase",
@@ -133,6 +144,7 @@ def test_ctrl_c_in_the_live_view_shows_the_fleet_report_then_stops(tmp_path: Pat
     code = demo.interrupt(signal.SIGINT)
     _assert_stopped_cleanly(demo, code, signal.SIGINT)
     assert "the fleet's registry" in demo.output()  # the live view ended as --duration ends it
+    _assert_stopped_in_reverse_order(demo)
 
 
 @pytest.mark.slow
@@ -143,6 +155,7 @@ def test_sigterm_in_the_live_view_stops_everything_with_143(tmp_path: Path) -> N
     code = demo.interrupt(signal.SIGTERM)
     _assert_stopped_cleanly(demo, code, signal.SIGTERM)
     assert "stopped by SIGTERM" in demo.output()
+    _assert_stopped_in_reverse_order(demo)
 
 
 def test_without_a_broker_the_demo_says_how_to_get_one(tmp_path: Path) -> None:
