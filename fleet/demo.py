@@ -302,8 +302,8 @@ class _Demo:
     view as ``--duration`` does (the fleet's report, then the stop); at any other moment, or a
     second time, it cancels the step under way. Either way everything started is stopped in
     reverse start order, and the exit status is 128 + the signal number. Every program runs in its
-    own session, so the terminal's Ctrl-C reaches this process only: no program is cut off in the
-    middle of a write, each is stopped in its turn.
+    own session, so the terminal's Ctrl-C reaches this process only: the programs do not all stop
+    at once, each gets SIGTERM in its turn (the agent drains while its broker is still up).
     """
 
     def __init__(self, workdir: Path, binary: str, duration: float | None) -> None:
