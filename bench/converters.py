@@ -4,11 +4,16 @@ Per family, the source model's own ``predict`` (scikit-learn, LightGBM, XGBoost,
 Keras forward pass) is the baseline; the converted model runs on the agent's own runners
 (onnxruntime, and LiteRT for networks), one thread, measured in the same run. Sizes compare each
 quantized model file with the float one it came from.
+
+The PyTorch and Keras rows need the ``convert-torch`` and ``convert-tf`` extras, the LiteRT rows
+TensorFlow and LiteRT; without them those rows are left out with a note, and the rest runs.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
+import sys
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -30,6 +35,10 @@ from edge_agent.runners.onnx import OnnxRunner
 BENCH = "converters"
 FEATURES = 16
 BATCH = 256
+# The optional rows: what they need imported, and the extra that installs it.
+TORCH_NEEDS = ("convert-torch", ("torch", "onnx", "onnxscript"))
+KERAS_NEEDS = ("convert-tf", ("tensorflow", "keras", "tf2onnx"))
+LITERT_NEEDS = ("convert-tf", ("tensorflow", "ai_edge_litert"))
 
 
 @dataclass
@@ -40,6 +49,39 @@ class Family:
     labels: list[str] | None = None
     network: bool = False  # also converted to TFLite
     quantize: tuple[str, ...] = ()  # quantizations whose sizes are reported
+
+
+def _missing(needs: tuple[str, tuple[str, ...]], rows: str) -> bool:
+    """True, after a note on stderr, when a module ``rows`` need is not installed."""
+    extra, modules = needs
+    missing = []
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        print(
+            f"bench.converters: skipping the {rows} rows: {', '.join(missing)} not installed "
+            f"(pip install -e '.[{extra}]')",
+            file=sys.stderr,
+            flush=True,
+        )
+    return bool(missing)
+
+
+def _optional_families(x: npt.NDArray[np.float32], y: npt.NDArray[np.int64]) -> list[Family]:
+    """The PyTorch and Keras networks whose extras are installed; TFLite only with LiteRT."""
+    families = []
+    if not _missing(TORCH_NEEDS, "PyTorch"):
+        families.append(_torch_family(x, y))
+    if not _missing(KERAS_NEEDS, "Keras"):
+        families.append(_keras_family(x, y))
+    if families and _missing(LITERT_NEEDS, "TFLite and LiteRT"):
+        for family in families:
+            family.network = False  # ONNX only: the TFLite conversion needs TensorFlow
+            family.quantize = tuple(m for m in family.quantize if m != "float16")
+    return families
 
 
 def _data(rows: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
@@ -187,7 +229,7 @@ def _size_figures(
 def run(quick: bool) -> list[Figure]:
     x, y = _data(2000)
     reference = Reference([f"f{i:02d}" for i in range(FEATURES)], x[:500], "bench")
-    families = [*_sklearn_families(x, y), _torch_family(x, y), _keras_family(x, y)]
+    families = [*_sklearn_families(x, y), *_optional_families(x, y)]
     figures: list[Figure] = []
     with tempfile.TemporaryDirectory(prefix="bench-converters-") as tmp:
         out = Path(tmp)

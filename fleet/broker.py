@@ -3,30 +3,68 @@
 from __future__ import annotations
 
 import os
+import pwd
+import re
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
-__all__ = ["INSTALL_HINT", "MosquittoProcess", "find_mosquitto", "free_port", "port_open"]
+__all__ = [
+    "INSTALL_HINT",
+    "MosquittoProcess",
+    "fetched_mosquitto_dir",
+    "find_mosquitto",
+    "free_port",
+    "port_open",
+]
 
 INSTALL_HINT = (
     "the mosquitto broker is needed: install it with `apt-get install -y mosquitto` "
-    "(Debian, Ubuntu, Raspberry Pi OS) or `brew install mosquitto` (macOS)"
+    "(Debian, Ubuntu, Raspberry Pi OS) or `brew install mosquitto` (macOS), "
+    "or fetch it without root into .venv/mosquitto with `scripts/fetch-mosquitto`"
 )
+
+# A `user` line anywhere in a config: mosquitto then switches to that user itself.
+_USER_LINE = re.compile(r"^\s*user\s", re.MULTILINE)
+
+
+def fetched_mosquitto_dir() -> Path:
+    """Where ``scripts/fetch-mosquitto`` unpacks the broker: ``mosquitto`` in the running venv."""
+    return Path(sys.prefix) / "mosquitto"
 
 
 def find_mosquitto() -> str | None:
-    """The mosquitto binary: $MOSQUITTO_BIN if set, else on PATH or in the usual sbin folders."""
+    """The mosquitto binary, in this order: $MOSQUITTO_BIN if set (and nothing else then), on
+    PATH or in the usual sbin folders, or the one ``scripts/fetch-mosquitto`` unpacked."""
     if "MOSQUITTO_BIN" in os.environ:
         chosen = os.environ["MOSQUITTO_BIN"]
         return chosen if os.access(chosen, os.X_OK) else None
-    return shutil.which("mosquitto") or next(
+    installed = shutil.which("mosquitto") or next(
         (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.path.exists(p)),
         None,
     )
+    if installed is not None:
+        return installed
+    # The wrapper sets LD_LIBRARY_PATH to the unpacked libraries and execs the real binary.
+    fetched = fetched_mosquitto_dir() / "bin" / "mosquitto"
+    return str(fetched) if os.access(fetched, os.X_OK) else None
+
+
+def _own_user() -> str:
+    """A ``user`` line keeping mosquitto as the user running it.
+
+    Started as root, mosquitto otherwise switches to the user ``mosquitto``, which cannot write
+    the log and persistence files in a folder the invoking user made. Not root: mosquitto ignores
+    the line.
+    """
+    try:
+        return f"user {pwd.getpwuid(os.geteuid()).pw_name}\n"
+    except KeyError:  # a uid without a passwd entry (some containers): it cannot be root
+        return ""
 
 
 def free_port() -> int:
@@ -45,6 +83,7 @@ class MosquittoProcess:
     """One mosquitto on loopback, configured in ``directory``; can stop, restart and pause.
 
     ``extra_config`` lines are appended to its config (ACL files, password files, limits).
+    It runs as the user running this, unless ``extra_config`` names a ``user``.
     """
 
     def __init__(
@@ -72,7 +111,9 @@ class MosquittoProcess:
             # Offline persistent sessions keep this many QoS 1 messages (the default 1000 is small).
             "max_queued_messages 1000000\n"
             f"log_dest file {self.log}\n"
-            "log_type error\nlog_type warning\nlog_type notice\n" + extra_config
+            "log_type error\nlog_type warning\nlog_type notice\n"
+            + ("" if _USER_LINE.search(extra_config) else _own_user())
+            + extra_config
         )
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -84,6 +125,9 @@ class MosquittoProcess:
             [self.binary, "-c", str(self.config)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            # Its own session: a Ctrl-C in the terminal reaches the program that owns the broker,
+            # which stops it in its turn, not the broker in the middle of that program's work.
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         while not port_open(self.port):

@@ -886,6 +886,17 @@ _HANDLERS: dict[tuple[str, str | None], Handler] = {
 }
 
 
+def _demo(args: argparse.Namespace) -> int:
+    try:
+        from fleet.demo import run_demo
+
+        return run_demo(args.workdir, args.duration)
+    except KeyboardInterrupt:
+        # Ctrl-C while the demo's modules load or the broker is chosen, before it started
+        # anything (from then on it handles the signal itself).
+        return 130
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         code = _main(argv)
@@ -906,9 +917,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "demo":
-        from fleet.demo import run_demo
-
-        return run_demo(args.workdir, args.duration)
+        return _demo(args)
     if args.command == "devices" and args.action == "list" and args.live:
         try:
             return _devices_live(args)

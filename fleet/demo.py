@@ -3,7 +3,7 @@
 A broker, two pumps served over OPC-UA (one whose bearing wears), a model trained on their
 window features and bundled by ``edge-convert``, an ``edge-agent`` reading the pumps' tags,
 building two-second windows and serving the model, and its live predictions and health in the
-terminal. Ctrl-C stops it cleanly.
+terminal. Ctrl-C stops it cleanly at any moment.
 """
 
 from __future__ import annotations
@@ -11,14 +11,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
+from typing import IO
 
 import numpy as np
 import numpy.typing as npt
@@ -34,7 +39,7 @@ from edge_agent.contracts.payloads import (
 )
 from edge_agent.contracts.topics import DeviceTopics, fleet_filter
 from edge_agent.mqtt import MqttClient, MqttSettings
-from fleet.broker import INSTALL_HINT, MosquittoProcess, find_mosquitto, free_port
+from fleet.broker import MosquittoProcess, fetched_mosquitto_dir, find_mosquitto, free_port
 from fleet.demo_plant import PUMP_TAGS, PumpPlant, Wear, pump_reading
 
 __all__ = ["run_demo"]
@@ -50,6 +55,10 @@ WINDOW_S = 2.0
 SAMPLE_S = 0.25
 STARTUP_TIMEOUT_S = 120.0
 ROLLOUT_AFTER_S = 10.0
+# A program that has not stopped this long after SIGTERM is killed.
+STOP_TIMEOUT_S = 30.0
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+FETCH_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "fetch-mosquitto"
 
 
 def _say(text: str) -> None:
@@ -75,8 +84,8 @@ def _window_rows(wear: npt.NDArray[np.float64], rng: random.Random) -> npt.NDArr
     return np.asarray(rows)
 
 
-def _bundle(workdir: Path, version: int, sign_key: Path) -> Path:
-    """Train pump-health ``version`` on window features, then convert, check and sign it.
+def _train(workdir: Path, version: int) -> tuple[Path, Path]:
+    """Train pump-health ``version`` on window features; (the model file, its reference rows).
 
     Version 2 is retrained on more data and calls a bearing worn earlier (past 50 % wear
     instead of 60 %). The drift baseline comes from new bearings, so a wearing one shows as
@@ -97,17 +106,7 @@ def _bundle(workdir: Path, version: int, sign_key: Path) -> Path:
     reference = workdir / f"reference-{version}.csv"
     healthy = _window_rows(np.zeros(500), random.Random(100 + version))
     np.savetxt(reference, healthy, delimiter=",", header=",".join(FEATURES), comments="")
-    bundle = workdir / f"pump-health-{version}.bundle"
-    subprocess.run(
-        _program(
-            "converters", "convert", str(model_path), "--reference", str(reference),
-            "-o", str(bundle), "--name", "pump-health", "--version", str(version),
-            "--sign-key", str(sign_key),
-        ),
-        check=True,
-        stdout=subprocess.DEVNULL if version > 1 else None,
-    )  # fmt: skip
-    return bundle
+    return model_path, reference
 
 
 def _program(module: str, *args: str) -> list[str]:
@@ -278,80 +277,179 @@ async def _live(
     return results
 
 
+class _Failed(Exception):
+    """A step of the demo failed; the message says which, the demo stops and exits 1."""
+
+
+async def _stop_child(process: asyncio.subprocess.Process) -> None:
+    """SIGTERM to the child's process group, then SIGKILL if it lingers; waits for it."""
+    if process.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        await asyncio.wait_for(process.wait(), STOP_TIMEOUT_S)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        await process.wait()
+
+
 class _Demo:
-    """The demo's moving parts in one place: the programs it runs, and their clean stop."""
+    """The demo's moving parts in one place: what it started, in order, and their stop.
 
-    def __init__(self, workdir: Path, broker_port: int, duration: float | None) -> None:
+    Ctrl-C (SIGINT) or SIGTERM at any moment stops the demo. During the live view it ends the
+    view as ``--duration`` does (the fleet's report, then the stop); at any other moment, or a
+    second time, it cancels the step under way. Either way everything started is stopped in
+    reverse start order, and the exit status is 128 + the signal number. Every program runs in its
+    own session, so the terminal's Ctrl-C reaches this process only: the programs do not all stop
+    at once, each gets SIGTERM in its turn (the agent drains while its broker is still up).
+    """
+
+    def __init__(self, workdir: Path, binary: str, duration: float | None) -> None:
         self.workdir = workdir
-        self.broker_port = broker_port
+        self.binary = binary
         self.duration = duration
-        self.plant = PumpPlant(free_port(), PUMPS, interval_s=SAMPLE_S)
-        self.metrics_port = free_port()
-        self.fleet_args = [
-            "--broker", f"127.0.0.1:{broker_port}", "--prefix", PREFIX,
-            "--registry", str(workdir / "fleet.db"), "--store", str(workdir / "fleet-bundles"),
-        ]  # fmt: skip
-        self.processes: dict[str, asyncio.subprocess.Process] = {}
+        self.signum: int | None = None
+        self.results = 0
+        self.agent: asyncio.subprocess.Process | None = None
+        self.fleet_args: list[str] = []
+        self._task: asyncio.Task[int] | None = None
+        self._live_stop: asyncio.Event | None = None
+        self._stopping = False
+        # What was started, stopped last-in first-out when the demo ends however it ends.
+        self._started = contextlib.AsyncExitStack()
 
-    async def start(self, name: str, module: str, *args: str) -> None:
-        """Run a program in the background, its output in ``<workdir>/<name>.log``."""
-        with (self.workdir / f"{name}.log").open("ab") as log:
-            self.processes[name] = await asyncio.create_subprocess_exec(
-                *_program(module, *args), stdout=log, stderr=log
+    def record(self, signum: int, frame: FrameType | None = None) -> None:
+        """The signal handler outside the event loop: remember the signal, ``main`` acts on it."""
+        if self.signum is None:
+            self.signum = signum
+
+    def _interrupt(self, signum: int) -> None:
+        """The signal handler on the event loop."""
+        self.record(signum)
+        if self._stopping:
+            return  # the stop under way finishes by itself
+        if self._live_stop is not None and not self._live_stop.is_set():
+            self._live_stop.set()
+        elif self._task is not None:
+            self._task.cancel()
+
+    async def main(self) -> int:
+        """Run the story and stop everything it started; returns the exit code."""
+        loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        for signum in STOP_SIGNALS:
+            loop.add_signal_handler(signum, self._interrupt, signum)
+        try:
+            if self.signum is None:  # else a signal came before the event loop took over
+                await self._story()
+        except asyncio.CancelledError:
+            if self.signum is None:
+                raise
+        except _Failed as err:
+            _say(f"fleet demo: {err}")
+            return 1
+        finally:
+            self._stopping = True
+            await self._started.aclose()
+        if self.signum is not None:
+            name = "Ctrl-C" if self.signum == signal.SIGINT else signal.Signals(self.signum).name
+            _say(f"\nstopped by {name}: everything the demo started has stopped")
+            return 128 + self.signum
+        code = None if self.agent is None else self.agent.returncode
+        _say(f"\nstopped cleanly: {self.results} results received; agent exit code {code}")
+        return 0 if self.results > 0 and code == 0 else 1
+
+    async def _spawn(
+        self, module: str, *args: str, log: str | None = None, quiet: bool = False
+    ) -> asyncio.subprocess.Process:
+        """Start a program in its own session, its output in ``<workdir>/<log>.log`` or on the
+        terminal (only its errors if ``quiet``); it is stopped with the demo if it still runs."""
+        with contextlib.ExitStack() as files:
+            out: IO[bytes] | int | None = subprocess.DEVNULL if quiet else None
+            err: IO[bytes] | int | None = None
+            if log is not None:
+                out = err = files.enter_context((self.workdir / f"{log}.log").open("ab"))
+            process = await asyncio.create_subprocess_exec(
+                *_program(module, *args), stdout=out, stderr=err, start_new_session=True
             )
+        self._started.push_async_callback(_stop_child, process)
+        return process
 
-    async def stop(self, name: str) -> int | None:
-        process = self.processes.get(name)
-        if process is None:
-            return None
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            await asyncio.wait_for(process.wait(), 30)
-        return process.returncode
+    async def _foreground(self, module: str, *args: str, quiet: bool = False) -> int:
+        """A program in the foreground, its output on the terminal; its exit code."""
+        return await (await self._spawn(module, *args, quiet=quiet)).wait()
 
     async def fleet(self, *args: str) -> int:
         """A ``fleet`` command in the foreground, its output on the terminal."""
-        command = await asyncio.create_subprocess_exec(*_program("fleet", *self.fleet_args, *args))
-        return await command.wait()
+        return await self._foreground("fleet", *self.fleet_args, *args)
 
-    async def run(self, bundles: list[Path], public_key: Path) -> tuple[int, int | None]:
-        """Everything after the bundles; (results seen, the agent's exit code)."""
-        stop = asyncio.Event()
-        serving = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        plant = self.plant
-        config = _agent_config(self.workdir, self.broker_port, bundles[0], self.metrics_port, plant)
+    async def _bundle(self, version: int, sign_key: Path) -> Path:
+        """Train pump-health ``version``, then convert, check and sign it with ``edge-convert``."""
+        model_path, reference = _train(self.workdir, version)
+        bundle = self.workdir / f"pump-health-{version}.bundle"
+        code = await self._foreground(
+            "converters", "convert", str(model_path), "--reference", str(reference),
+            "-o", str(bundle), "--name", "pump-health", "--version", str(version),
+            "--sign-key", str(sign_key), quiet=version > 1,
+        )  # fmt: skip
+        if code != 0:
+            raise _Failed(f"edge-convert could not bundle pump-health {version} (exit {code})")
+        return bundle
+
+    async def _story(self) -> None:
+        broker = MosquittoProcess(self.workdir / "broker", binary=self.binary)
+        self._started.callback(broker.stop)
         try:
-            _say("[3/6] fleet manager: pump-health 1 published to its registry, `fleet serve`")
-            await self.fleet("models", "publish", str(bundles[0]), "--public-key", str(public_key))
-            await self.start("fleet", "fleet", *self.fleet_args, "serve")
-            await plant.start()
-            _say(f"[4/6] plant: pump-1 and pump-2 on OPC-UA at {plant.url}")
-            _say("      pump-2 runs well for 30 s, then its bearing wears out over a minute")
-            _say("[5/6] edge-agent: OPC-UA sources, 2 s windows, the signed model, drift")
-            await self.start("agent", "edge_agent", "run", "--config", str(config))
-            _say(f"      metrics: http://127.0.0.1:{self.metrics_port}/metrics (Prometheus)")
-            _say(f"[6/6] live predictions (logs in {self.workdir}); Ctrl-C stops")
-            async with asyncio.TaskGroup() as group:
-                pumps = group.create_task(plant.run(stop), name="demo-plant")
-                rollout = group.create_task(
-                    self._roll_out(bundles[1], public_key, serving, stop), name="demo-rollout"
-                )
-                results = await _live(self.broker_port, stop, serving, self.duration)
-                stop.set()
-                await pumps
-                rollout.cancel()
-            _say("\nthe fleet's registry, as `fleet serve` recorded the device:")
-            await self.fleet("devices", "list")
-            await self.fleet("drift", "report", "--model", "pump-health")
-        finally:
-            # The agent stops (and drains) before its PLC and its manager go.
-            code = await self.stop("agent")
-            await self.stop("fleet")
-            await plant.stop()
-        return results, code
+            broker.start()
+        except RuntimeError as err:
+            raise _Failed(str(err)) from err
+        _say(f"[1/6] broker: mosquitto on 127.0.0.1:{broker.port}")
+        self.fleet_args = [
+            "--broker", f"127.0.0.1:{broker.port}", "--prefix", PREFIX,
+            "--registry", str(self.workdir / "fleet.db"),
+            "--store", str(self.workdir / "fleet-bundles"),
+        ]  # fmt: skip
+
+        _say("[2/6] training pump-health 1 on 2 s windows, bundled and signed (and 2, for later)")
+        keys = self.workdir / "fleet"
+        if await self._foreground("converters", "keygen", "-o", str(keys), "--force") != 0:
+            raise _Failed("edge-convert keygen failed")
+        bundles = [await self._bundle(version, Path(f"{keys}.key")) for version in (1, 2)]
+        public_key = Path(f"{keys}.pub")
+
+        _say("[3/6] fleet manager: pump-health 1 published to its registry, `fleet serve`")
+        await self.fleet("models", "publish", str(bundles[0]), "--public-key", str(public_key))
+        await self._spawn("fleet", *self.fleet_args, "serve", log="fleet")
+
+        plant = PumpPlant(free_port(), PUMPS, interval_s=SAMPLE_S)
+        self._started.push_async_callback(plant.stop)
+        await plant.start()
+        _say(f"[4/6] plant: pump-1 and pump-2 on OPC-UA at {plant.url}")
+        _say("      pump-2 runs well for 30 s, then its bearing wears out over a minute")
+
+        _say("[5/6] edge-agent: OPC-UA sources, 2 s windows, the signed model, drift")
+        metrics_port = free_port()
+        config = _agent_config(self.workdir, broker.port, bundles[0], metrics_port, plant)
+        self.agent = await self._spawn("edge_agent", "run", "--config", str(config), log="agent")
+        _say(f"      metrics: http://127.0.0.1:{metrics_port}/metrics (Prometheus)")
+
+        _say(f"[6/6] live predictions (logs in {self.workdir}); Ctrl-C stops")
+        stop = self._live_stop = asyncio.Event()
+        serving = asyncio.Event()
+        async with asyncio.TaskGroup() as group:
+            pumps = group.create_task(plant.run(stop), name="demo-plant")
+            rollout = group.create_task(
+                self._roll_out(bundles[1], public_key, serving, stop), name="demo-rollout"
+            )
+            self.results = await _live(broker.port, stop, serving, self.duration)
+            stop.set()
+            await pumps
+            rollout.cancel()
+        _say("\nthe fleet's registry, as `fleet serve` recorded the device:")
+        await self.fleet("devices", "list")
+        await self.fleet("drift", "report", "--model", "pump-health")
 
     async def _roll_out(
         self, bundle: Path, public_key: Path, serving: asyncio.Event, stop: asyncio.Event
@@ -370,26 +468,79 @@ class _Demo:
         )  # fmt: skip
 
 
+def _no_broker_message() -> str:
+    chosen = os.environ.get("MOSQUITTO_BIN")
+    found = (
+        f"MOSQUITTO_BIN={chosen} is not an executable file"
+        if chosen is not None
+        else f"no mosquitto on PATH, in /usr/sbin or in {fetched_mosquitto_dir()}"
+    )
+    return (
+        f"fleet demo: the demo needs the mosquitto broker, and {found}.\n"
+        "  install it:         sudo apt-get install mosquitto  (Debian, Ubuntu, Raspberry Pi OS)\n"
+        "  or, without root:   scripts/fetch-mosquitto  (unpacks it into .venv/mosquitto)\n"
+        "  or name a binary:   MOSQUITTO_BIN=/path/to/mosquitto scripts/demo"
+    )
+
+
+def _offer_fetch() -> bool:
+    """Interactive only: offer to fetch the Debian package into the venv; True if it was."""
+    if "MOSQUITTO_BIN" in os.environ or not sys.stdin.isatty() or not FETCH_SCRIPT.exists():
+        return False
+    if shutil.which("apt-get") is None:
+        return False
+    try:
+        answer = input(
+            "The demo needs the mosquitto broker, which is not installed. Fetch the Debian "
+            f"package into {fetched_mosquitto_dir()} now (no root needed)? [Y/n] "
+        )
+        if answer.strip().lower() not in ("", "y", "yes"):
+            return False
+        fetched = subprocess.run([str(FETCH_SCRIPT), str(fetched_mosquitto_dir())], check=False)
+    except (EOFError, KeyboardInterrupt):
+        _say("")
+        return False
+    return fetched.returncode == 0
+
+
+def _choose_broker() -> str | None:
+    """$MOSQUITTO_BIN or mosquitto on PATH, else the fetched one, else fetch it if the user says
+    so; None (after saying how to get one) when there is none."""
+    binary = find_mosquitto()
+    if binary is None and _offer_fetch():
+        binary = find_mosquitto()
+    if binary is None:
+        print(_no_broker_message(), file=sys.stderr, flush=True)
+    return binary
+
+
+def _handle_signals(handler: Callable[[int, FrameType | None], None]) -> None:
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, handler)
+
+
 def run_demo(workdir: Path | None = None, duration: float | None = None) -> int:
     """Run the demo; returns an exit code. ``duration`` stops it by itself after that many s."""
-    binary = find_mosquitto()
+    binary = _choose_broker()
     if binary is None:
-        _say(f"fleet demo: {INSTALL_HINT}")
         return 1
-    with contextlib.ExitStack() as stack:
-        if workdir is None:
-            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edge-demo-")))
-        workdir.mkdir(parents=True, exist_ok=True)
-        broker = MosquittoProcess(workdir / "broker", binary=binary)
-        broker.start()
-        stack.callback(broker.stop)
-        _say(f"[1/6] broker: mosquitto on 127.0.0.1:{broker.port}")
-
-        _say("[2/6] training pump-health 1 on 2 s windows, bundled and signed (and 2, for later)")
-        keys = workdir / "fleet"
-        subprocess.run(_program("converters", "keygen", "-o", str(keys), "--force"), check=True)
-        bundles = [_bundle(workdir, version, Path(f"{keys}.key")) for version in (1, 2)]
-        demo = _Demo(workdir, broker.port, duration)
-        results, code = asyncio.run(demo.run(bundles, Path(f"{keys}.pub")))
-        _say(f"\nstopped cleanly: {results} results received; agent exit code {code}")
-        return 0 if results > 0 and code == 0 else 1
+    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    try:
+        with contextlib.ExitStack() as stack:
+            if workdir is None:
+                workdir = Path(
+                    stack.enter_context(tempfile.TemporaryDirectory(prefix="edge-demo-"))
+                )
+            workdir.mkdir(parents=True, exist_ok=True)
+            demo = _Demo(workdir, binary, duration)
+            _handle_signals(demo.record)
+            code = asyncio.run(demo.main())
+            # Closing the event loop put back Python's own handlers; the temporary files still go.
+            _handle_signals(demo.record)
+    except KeyboardInterrupt:
+        # Only in the instant between the loop closing and the line above: all had stopped.
+        code = 128 + signal.SIGINT
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return code

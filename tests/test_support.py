@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import time
+from pathlib import Path
 
 from asyncua.sync import Client
 
-from tests.support.mosquitto import Mosquitto, port_open
+from tests.support.mosquitto import Mosquitto, port_open, require_mosquitto
 from tests.support.mqtt import Probe
 from tests.support.opcua import OpcUaTestServer
 
@@ -50,3 +52,32 @@ def test_opcua_server_serves_declared_tags(opcua_server: OpcUaTestServer) -> Non
         node = client.get_node(opcua_server.node_id("temperature"))
         assert node.read_value() == 81.5
         assert client.get_node(opcua_server.node_id("pressure")).read_value() == 5.0
+
+
+def _uid(pid: int) -> int:
+    """The real uid of a running process, from /proc."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1])
+
+
+def test_broker_runs_as_the_invoking_user_and_writes_in_its_folder(tmp_path: Path) -> None:
+    # As root, mosquitto would switch to the user `mosquitto` and fail to write here.
+    broker = Mosquitto(
+        tmp_path,
+        binary=require_mosquitto(),
+        extra_config=f"persistence true\npersistence_location {tmp_path}/\n",
+    )
+    broker.start()
+    try:
+        assert broker.process is not None
+        assert _uid(broker.process.pid) == os.geteuid()
+    finally:
+        broker.stop()
+    assert (tmp_path / "mosquitto.db").exists()  # written at exit, as the invoking user
+    assert "Error" not in broker.log.read_text()
+
+
+def test_a_user_named_in_the_config_is_left_to_mosquitto(tmp_path: Path) -> None:
+    broker = Mosquitto(tmp_path, binary="mosquitto", extra_config="user nobody\n")
+    lines = broker.config.read_text().splitlines()
+    assert [line for line in lines if line.startswith("user ")] == ["user nobody"]

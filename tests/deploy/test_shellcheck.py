@@ -29,6 +29,7 @@ def shell_scripts() -> list[Path]:
 def test_the_scripts_are_found() -> None:
     names = {str(path.relative_to(REPO)) for path in shell_scripts()}
     assert {"deploy/install.sh", "scripts/test", "scripts/demo", ".ci/run"} <= names
+    assert "scripts/fetch-mosquitto" in names
     assert "scripts/lib/venv.sh" in names
 
 

@@ -6,7 +6,6 @@ dashboards: on a plain listener beside the TLS one, or with its own password.
 
 from __future__ import annotations
 
-import getpass
 import json
 import subprocess
 from pathlib import Path
@@ -57,7 +56,6 @@ def test_agent_and_fleet_connect_with_client_certificates(tmp_path: Path) -> Non
     broker = start_mosquitto(
         tmp_path / "broker",
         extra_config=(
-            f"user {getpass.getuser()}\n"
             f"listener {tls_port} 127.0.0.1\n"
             f"cafile {authority.ca}\ncertfile {server.cert}\nkeyfile {server.key}\n"
             "require_certificate true\nuse_identity_as_username true\n"
@@ -120,7 +118,7 @@ def test_a_password_from_a_systemd_credential_connects_and_is_never_written_out(
     passwd.chmod(0o644)
     broker = start_mosquitto(
         tmp_path / "broker",
-        extra_config=f"user {getpass.getuser()}\nallow_anonymous false\npassword_file {passwd}\n",
+        extra_config=f"allow_anonymous false\npassword_file {passwd}\n",
     )
     probe = Probe(broker.port, username="probe", password="probe-password")
     credentials = tmp_path / "credentials"
@@ -178,7 +176,7 @@ def test_the_fleet_manager_reads_its_broker_password_from_a_credential_or_a_vari
     passwd.chmod(0o644)
     broker = start_mosquitto(
         tmp_path / "broker",
-        extra_config=f"user {getpass.getuser()}\nallow_anonymous false\npassword_file {passwd}\n",
+        extra_config=f"allow_anonymous false\npassword_file {passwd}\n",
     )
     probe = Probe(broker.port, username="probe", password="probe-password")
     credentials = tmp_path / "credentials"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
 import os
 from pathlib import Path
 
@@ -39,13 +38,7 @@ def start_mosquitto(directory: Path, extra_config: str = "") -> MosquittoProcess
 
 
 def persistent_broker(directory: Path) -> MosquittoProcess:
-    """A broker that keeps sessions and queued messages across a restart (a file on disk).
-
-    ``user`` keeps mosquitto from dropping to its own user, which could not write here.
-    """
+    """A broker that keeps sessions and queued messages across a restart (a file on disk)."""
     return start_mosquitto(
-        directory,
-        extra_config=(
-            f"user {getpass.getuser()}\npersistence true\npersistence_location {directory}/\n"
-        ),
+        directory, extra_config=f"persistence true\npersistence_location {directory}/\n"
     )
