@@ -29,7 +29,7 @@ class Figure:
     def ratio(self) -> float | None:
         if self.baseline in (None, 0):
             return None
-        return self.value / self.baseline  # type: ignore[operator]
+        return self.value / self.baseline
 
 
 def time_per_call(call: Callable[[], object], *, min_time: float = 0.5, repeat: int = 5) -> float:

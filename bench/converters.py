@@ -18,6 +18,7 @@ import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -177,8 +178,8 @@ def _latency_figures(
     figures = []
     for rows in (1, BATCH):
         batch = np.ascontiguousarray(x[:rows])
-        source = _latency(lambda batch=batch: family.predict(batch), quick)
-        converted = _latency(lambda batch=batch: runner.predict(batch), quick)
+        source = _latency(partial(family.predict, batch), quick)
+        converted = _latency(partial(runner.predict, batch), quick)
         figures.append(
             Figure(
                 bench=BENCH,

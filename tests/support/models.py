@@ -35,7 +35,8 @@ def linear_onnx(weights: npt.ArrayLike, bias: float = 0.0, opset: int = 17) -> b
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8
     onnx.checker.check_model(model)
-    return model.SerializeToString()
+    serialized: bytes = model.SerializeToString()
+    return serialized
 
 
 def linear_bundle(
