@@ -85,9 +85,7 @@ class FleetServer:
         try:
             async with asyncio.TaskGroup() as group:
                 ingest = group.create_task(self._ingest(), name="fleet-ingest")
-                ticker = group.create_task(self._tick(), name="fleet-rollouts")
-                if ready is not None:
-                    group.create_task(self._signal_ready(ready), name="fleet-ready")
+                ticker = group.create_task(self._tick(ready), name="fleet-rollouts")
                 await stop.wait()
                 ingest.cancel()
                 ticker.cancel()
@@ -96,11 +94,6 @@ class FleetServer:
                 await asyncio.wait(self._publishing, timeout=5)
             await self.client.stop()
             logger.info("Fleet worker stopped: %s", dict(self.counters))
-
-    async def _signal_ready(self, ready: asyncio.Event) -> None:
-        while not await self.client.wait_subscribed(5):
-            logger.warning("Waiting for the broker %s", self.client.settings.describe())
-        ready.set()
 
     # ---------------------------------------------------------------------------- ingest
 
@@ -207,7 +200,13 @@ class FleetServer:
 
     # -------------------------------------------------------------------------- rollouts
 
-    async def _tick(self) -> None:
+    async def _tick(self, ready: asyncio.Event | None) -> None:
+        # No command goes out before the ack subscription is granted: an ack that came back
+        # before it would be lost, and its device would wait out the rollout's timeout.
+        while not await self.client.wait_subscribed(5):
+            logger.warning("Waiting for the broker %s", self.client.settings.describe())
+        if ready is not None:
+            ready.set()
         while True:
             try:
                 self._publish(self.driver.tick())
