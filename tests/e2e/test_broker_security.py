@@ -16,7 +16,7 @@ from fleet.registry import SqliteRegistry
 from tests.fleet.support import FleetServe, wait_until
 from tests.support.agent_config import write_agent_config
 from tests.support.models import FEATURES, linear_bundle
-from tests.support.mosquitto import free_port, start_mosquitto
+from tests.support.mosquitto import Mosquitto, free_port, start_mosquitto
 from tests.support.mqtt import Probe
 from tests.support.processes import AgentProcess, command, program_env, run
 from tests.support.tls import CertificateAuthority
@@ -102,16 +102,14 @@ def test_agent_and_fleet_connect_with_client_certificates(tmp_path: Path) -> Non
         broker.stop()
 
 
-def test_a_password_from_a_systemd_credential_connects_and_is_never_written_out(
-    tmp_path: Path,
-) -> None:
+def _password_broker(tmp_path: Path, user: str, password: str) -> tuple[Mosquitto, Probe]:
+    """A mosquitto that admits only ``user`` and the test's probe, each with its password."""
     require_tool("mosquitto_passwd", "mosquitto")
-    secret = "s3cret-Press01-do-not-log"
     passwd = tmp_path / "passwd"
-    for user, password in (("press-01", secret), ("probe", "probe-password")):
+    for name, secret in ((user, password), ("probe", "probe-password")):
         subprocess.run(
-            ["mosquitto_passwd", *(["-c"] if user == "press-01" else []), "-b", str(passwd), user,
-             password],
+            ["mosquitto_passwd", *(["-c"] if name == user else []), "-b", str(passwd), name,
+             secret],
             check=True,
             capture_output=True,
         )  # fmt: skip
@@ -120,7 +118,14 @@ def test_a_password_from_a_systemd_credential_connects_and_is_never_written_out(
         tmp_path / "broker",
         extra_config=f"allow_anonymous false\npassword_file {passwd}\n",
     )
-    probe = Probe(broker.port, username="probe", password="probe-password")
+    return broker, Probe(broker.port, username="probe", password="probe-password")
+
+
+def test_a_password_from_a_systemd_credential_connects_and_is_never_written_out(
+    tmp_path: Path,
+) -> None:
+    secret = "s3cret-Press01-do-not-log"
+    broker, probe = _password_broker(tmp_path, "press-01", secret)
     credentials = tmp_path / "credentials"
     credentials.mkdir()
     (credentials / "broker-password").write_text(secret + "\n")
@@ -163,22 +168,8 @@ def test_a_password_from_a_systemd_credential_connects_and_is_never_written_out(
 def test_the_fleet_manager_reads_its_broker_password_from_a_credential_or_a_variable(
     tmp_path: Path,
 ) -> None:
-    require_tool("mosquitto_passwd", "mosquitto")
     secret = "s3cret-Fleet-do-not-log"
-    passwd = tmp_path / "passwd"
-    for user, password in (("fleet", secret), ("probe", "probe-password")):
-        subprocess.run(
-            ["mosquitto_passwd", *(["-c"] if user == "fleet" else []), "-b", str(passwd), user,
-             password],
-            check=True,
-            capture_output=True,
-        )  # fmt: skip
-    passwd.chmod(0o644)
-    broker = start_mosquitto(
-        tmp_path / "broker",
-        extra_config=f"allow_anonymous false\npassword_file {passwd}\n",
-    )
-    probe = Probe(broker.port, username="probe", password="probe-password")
+    broker, probe = _password_broker(tmp_path, "fleet", secret)
     credentials = tmp_path / "credentials"
     credentials.mkdir()
     (credentials / "mqtt-password").write_text(secret + "\n")  # as an editor leaves it
