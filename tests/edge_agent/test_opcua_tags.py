@@ -22,7 +22,7 @@ from tests.edge_agent.test_opcua import (
 )
 from tests.support.mosquitto import Mosquitto
 from tests.support.mqtt import Probe
-from tests.support.opcua import OpcUaTestServer
+from tests.support.opcua import OpcUaTestServer, Tag
 from tests.support.processes import AgentProcess
 
 pytestmark = pytest.mark.slow
@@ -93,6 +93,47 @@ def test_tags_missing_on_the_server_are_left_out_and_the_others_served(
     assert "temperature left out" not in log and "vibration left out" not in log
     assert "unreachable" not in log
     assert "Traceback" not in log
+
+
+def test_a_tag_added_to_the_plc_later_is_served_after_the_next_reconnect(
+    tmp_path: Path, broker: Mosquitto, topic_prefix: str
+) -> None:
+    # Its own server: the tag table changes between the two starts.
+    server = OpcUaTestServer([Tag("temperature", 60.0), Tag("vibration", 0.2)])
+    server.start()
+    try:
+        ns = server.namespace_index
+        tag_lines = [
+            f'  {{ name = "temperature", node_id = "{server.node_id("temperature")}" }},',
+            f'  {{ name = "vibration", browse_path = "{ns}:Machine/{ns}:vibration" }},',
+            f'  {{ name = "pressure", browse_path = "{ns}:Machine/{ns}:pressure" }},',
+        ]
+        config = opcua_agent_config(
+            tmp_path, port=broker.port, prefix=topic_prefix, server=server, tag_lines=tag_lines
+        )
+        state_dir = tmp_path / "state"
+        with AgentProcess(config, tmp_path / "agent.log") as agent:
+            agent.wait_for_log("serving")
+            wait_until(lambda: counters(state_dir).get("opcua.unresolved.plc") == 1, "the gap")
+            # The PLC's program is updated with the new tag: the server restarts with it.
+            server.stop()
+            wait_until(lambda: source_state(state_dir) == "reconnecting", "the outage to be seen")
+            server.tags.append(Tag("pressure", 5.0))
+            server.start()
+            wait_until(lambda: source_state(state_dir) == "connected", "the reconnect")
+            # Three initial values after the reconnect, pressure's among them, then its changes.
+            wait_until(lambda: samples_received(state_dir) >= 2 + 3, "the initial values")
+            before = samples_received(state_dir)
+            server.write("pressure", 5.5)
+            wait_until(lambda: samples_received(state_dir) >= before + 1, "a change of pressure")
+            server.write("pressure", 6.0)
+            wait_until(lambda: samples_received(state_dir) >= before + 2, "another change")
+            assert agent.stop() == 0
+        log = agent.output()
+        assert len([line for line in log.splitlines() if "tag pressure left out" in line]) == 1
+        assert "Traceback" not in log
+    finally:
+        server.close()
 
 
 class Collector:
