@@ -152,8 +152,9 @@ class Feeder:
 
     def feed(self, start: float, end: float) -> None:
         for ts, tag in schedule(start, end):
-            # Distinct values, so that every write is a change the server reports.
-            value = round(len(self.samples) * 0.37 + ts % 7, 6)
+            # Distinct values, so that every write is a change the server reports: above every
+            # tag's initial value too (a first write equal to it would change nothing).
+            value = round(100.0 + len(self.samples) * 0.37 + ts % 7, 6)
             self.server.write(tag, value, ts=ts)
             self.samples.append((ts, tag, value))
         wanted = self.baseline + len(self.samples)
