@@ -34,7 +34,8 @@ class VibrationCNN(torch.nn.Module):
 
     def forward(self, rows: torch.Tensor) -> torch.Tensor:
         hidden = self.pool(torch.relu(self.norm(self.conv(rows.unsqueeze(1)))))
-        return self.head(hidden.flatten(1))
+        out: torch.Tensor = self.head(hidden.flatten(1))
+        return out
 
 
 def train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int = 30) -> None:
@@ -48,6 +49,6 @@ def train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int 
             loss = torch.nn.functional.nll_loss(torch.log(out + 1e-9), y)
         else:
             loss = torch.nn.functional.mse_loss(out.squeeze(1), y)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
         optimizer.step()
     model.eval()

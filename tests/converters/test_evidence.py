@@ -46,7 +46,8 @@ def test_baseline_freezes_deciles_of_every_feature_and_output(
     assert petal.count == 150
     assert petal.mean == pytest.approx(column.mean(), rel=1e-6)
     assert petal.std == pytest.approx(column.std(), rel=1e-6)
-    assert (petal.min, petal.max) == (pytest.approx(column.min()), pytest.approx(column.max()))
+    bounds: tuple[object, object] = (pytest.approx(column.min()), pytest.approx(column.max()))
+    assert (petal.min, petal.max) == bounds
     assert (petal.valid_min, petal.valid_max) == (0, 10)
     assert len(petal.edges) <= 11 and petal.edges[0] == petal.min and petal.edges[-1] == petal.max
     assert petal.fractions[0] == 0 and petal.fractions[-1] == 0  # under- and overflow

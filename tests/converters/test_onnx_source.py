@@ -63,7 +63,8 @@ def _graph(nodes: list[onnx.NodeProto], outputs: list[str]) -> bytes:
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    return model.SerializeToString()
+    serialized: bytes = model.SerializeToString()
+    return serialized
 
 
 def test_two_outputs_are_refused(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier
 
 from converters import ConversionError, ParityPolicy, convert
+from converters.families.base import Tensors
 from converters.parity import compare
 from converters.report import parity_lines
 from edge_agent.contracts.manifest import OutputSpec
@@ -57,8 +58,8 @@ def test_tree_ensemble_may_flip_one_percent_of_rows_listed() -> None:
 
 def test_regression_tolerance_scales_with_the_output() -> None:
     expected = [np.array([[1000.0], [-2000.0], [5.0]])]
-    close = [np.array([[1000.1], [-2000.0], [5.0]], dtype=np.float32)]
-    far = [np.array([[1000.0], [-2000.0], [5.3]], dtype=np.float32)]
+    close: Tensors = [np.array([[1000.1], [-2000.0], [5.0]], dtype=np.float32)]
+    far: Tensors = [np.array([[1000.0], [-2000.0], [5.3]], dtype=np.float32)]
     policy = ParityPolicy()
     ok = compare(REGRESSOR, expected, close, policy=policy, tree_ensemble=False).report
     assert ok.passed and ok.tolerance["prediction"] == pytest.approx(0.2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -13,6 +14,9 @@ from tests.converters.conftest import Dataset, convert_with, fresh_rows, write_c
 from tests.support.processes import run
 from tests.support.tools import require_module
 
+if TYPE_CHECKING:
+    from torch.nn import Module
+
 torch = require_module("torch", "convert-torch")
 
 pytestmark = pytest.mark.torch
@@ -21,7 +25,7 @@ NETWORK = "tests.converters.networks:PumpMLP"
 
 
 @pytest.fixture(scope="module")
-def mlp(iris: Dataset) -> torch.nn.Module:
+def mlp(iris: Dataset) -> Module:
     from tests.converters.networks import PumpMLP, train
 
     torch.manual_seed(0)
@@ -38,13 +42,13 @@ def windows() -> Dataset:
     return Dataset(x, (x**2).sum(axis=1).astype(np.float32), [f"s{i:02d}" for i in range(16)])
 
 
-def _torch_out(model: torch.nn.Module, rows: np.ndarray) -> np.ndarray:
+def _torch_out(model: Module, rows: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         result: np.ndarray = model(torch.from_numpy(rows)).numpy()
     return result
 
 
-def _check_classifier(bundle: Path, model: torch.nn.Module, data: Dataset, runner: str) -> None:
+def _check_classifier(bundle: Path, model: Module, data: Dataset, runner: str) -> None:
     served = load_model(bundle, runner=runner)
     assert served.runner.format == runner
     rows = np.vstack([data.x, fresh_rows(data)])
@@ -55,9 +59,7 @@ def _check_classifier(bundle: Path, model: torch.nn.Module, data: Dataset, runne
     assert np.abs(got - expected).max() <= 1e-4
 
 
-def test_state_dict_with_its_class_to_onnx(
-    tmp_path: Path, iris: Dataset, mlp: torch.nn.Module
-) -> None:
+def test_state_dict_with_its_class_to_onnx(tmp_path: Path, iris: Dataset, mlp: Module) -> None:
     torch.save(mlp.state_dict(), tmp_path / "mlp.pt")
     bundle, manifest = convert_with(
         tmp_path, tmp_path / "mlp.pt", iris, model_class=NETWORK, labels=LABELS
@@ -72,7 +74,7 @@ def test_state_dict_with_its_class_to_onnx(
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
-def test_torchscript_through_the_cli(tmp_path: Path, iris: Dataset, mlp: torch.nn.Module) -> None:
+def test_torchscript_through_the_cli(tmp_path: Path, iris: Dataset, mlp: Module) -> None:
     torch.jit.save(torch.jit.script(mlp), tmp_path / "mlp.ts")
     result = run(
         "edge-convert",
@@ -101,7 +103,7 @@ def test_torchscript_through_the_cli(tmp_path: Path, iris: Dataset, mlp: torch.n
     assert agreement >= 0.9
 
 
-def test_state_dict_needs_its_class(tmp_path: Path, iris: Dataset, mlp: torch.nn.Module) -> None:
+def test_state_dict_needs_its_class(tmp_path: Path, iris: Dataset, mlp: Module) -> None:
     torch.save(mlp.state_dict(), tmp_path / "mlp.pt")
     with pytest.raises(ConversionError, match="is a state dict: give --model-class"):
         convert_with(tmp_path, tmp_path / "mlp.pt", iris)
@@ -111,7 +113,7 @@ def test_state_dict_needs_its_class(tmp_path: Path, iris: Dataset, mlp: torch.nn
         )
 
 
-def test_wrong_feature_count(tmp_path: Path, mlp: torch.nn.Module) -> None:
+def test_wrong_feature_count(tmp_path: Path, mlp: Module) -> None:
     torch.save(mlp, tmp_path / "mlp.pt")
     reference = write_csv(tmp_path / "r.csv", np.ones((5, 6)), [f"f{i}" for i in range(6)])
     with pytest.raises(ConversionError, match=r"the model wants 4 features but .* has 6"):
@@ -119,7 +121,7 @@ def test_wrong_feature_count(tmp_path: Path, mlp: torch.nn.Module) -> None:
 
 
 @pytest.mark.tensorflow
-def test_mlp_to_both_targets(tmp_path: Path, iris: Dataset, mlp: torch.nn.Module) -> None:
+def test_mlp_to_both_targets(tmp_path: Path, iris: Dataset, mlp: Module) -> None:
     torch.save(mlp, tmp_path / "mlp.pt")
     bundle, manifest = convert_with(
         tmp_path, tmp_path / "mlp.pt", iris, target="both", labels=LABELS

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.config import check_config, read_secret, sample_config_text
+from edge_agent.config import MqttSourceConfig, check_config, read_secret, sample_config_text
 from edge_agent.errors import ConfigError
 from tests.support.processes import REPO, run
 
@@ -16,7 +16,9 @@ def test_sample_config_is_valid_and_identical_to_the_shipped_one(tmp_path: Path)
     path.write_text(printed)
     config, problems = check_config(path)
     assert problems == [] and config is not None
-    assert config.device.id == "press-01" and config.sources[0].asset_level == 2
+    source = config.sources[0]
+    assert isinstance(source, MqttSourceConfig)
+    assert config.device.id == "press-01" and source.asset_level == 2
 
 
 BAD = """\

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from asyncua import ua
+from asyncua.ua.status_codes import StatusCodes
 
 from edge_agent.contracts.payloads import ResultPayload, decode
 from edge_agent.contracts.topics import DeviceTopics
@@ -228,10 +229,11 @@ def test_status_codes_become_quality_flags_and_bad_samples_feed_no_window(
         wait_until(lambda: samples_received(state_dir) >= 3, "the initial values")
         before = samples_received(state_dir)
         # A failed sensor: Bad, and no value at all. Then a value the PLC is unsure of.
-        opcua_server.write("pressure", None, status=ua.StatusCode(ua.StatusCodes.BadSensorFailure))
-        opcua_server.write(
-            "vibration", 0.7, status=ua.StatusCode(ua.StatusCodes.UncertainLastUsableValue)
-        )
+        # asyncua annotates StatusCode's value with UInt32, its own int subclass
+        bad = ua.StatusCode(StatusCodes.BadSensorFailure)  # type: ignore[arg-type]
+        uncertain = ua.StatusCode(StatusCodes.UncertainLastUsableValue)  # type: ignore[arg-type]
+        opcua_server.write("pressure", None, status=bad)
+        opcua_server.write("vibration", 0.7, status=uncertain)
         opcua_server.write("temperature", 71.0)
         wait_until(lambda: samples_received(state_dir) >= before + 3, "the three samples")
         wait_until(lambda: "samples.quality_bad" in counters(state_dir), "the bad sample counted")

@@ -92,7 +92,7 @@ async def running_outbox(
         max_inflight=max_inflight,
         replay_rate=replay_rate,
         fallback=fallback,
-        **extra,  # type: ignore[arg-type]
+        **extra,
     )
     await uplink.start()
     await outbox.start()

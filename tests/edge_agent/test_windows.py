@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from typing import cast
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from edge_agent.contracts.manifest import WindowFeature
 from edge_agent.errors import InputRejected
 from edge_agent.sources.base import Quality, Reading, Sample
 from edge_agent.windows import (
+    Count,
     FeatureWindowBuilder,
     RowWindowBuilder,
     aggregate,
@@ -30,7 +32,7 @@ def reading(
 
 
 def feature(tag: str, aggregation: str) -> WindowFeature:
-    return WindowFeature(name=f"{tag}_{aggregation}", tag=tag, aggregation=aggregation)  # type: ignore[arg-type]
+    return WindowFeature(name=f"{tag}_{aggregation}", tag=tag, aggregation=aggregation)
 
 
 def test_aggregations_match_numpy() -> None:
@@ -117,7 +119,7 @@ def test_late_samples_are_dropped_or_moved_and_counted() -> None:
             length_s=1.0,
             allowed_lateness_s=0.0,
             late=policy,  # type: ignore[arg-type]
-            on_count=lambda name, n, c=counts: c.update({name: n}),
+            on_count=cast(Count, lambda name, n, c=counts: c.update({name: n})),
         )
         builder.add(reading("a", ("v", 1.0, 0.5)), 0)
         assert [w.values for w in builder.add(reading("a", ("v", 1.0, 1.2)), 0)] == [[1.0]]

@@ -7,6 +7,7 @@ import os
 import subprocess
 import time
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -151,15 +152,17 @@ def test_scores_and_the_drift_gate(tmp_path: Path) -> None:
     from edge_agent.contracts.payloads import FeatureSummary
 
     same = scores(
-        FeatureSummary(bins=[1, 3, 4, 2], count=10, mean=1.0), _baseline()["features"]["calm"]
-    )  # type: ignore[index]
+        FeatureSummary(bins=[1, 3, 4, 2], count=10, mean=1.0),
+        cast(dict[str, dict[str, object]], _baseline()["features"])["calm"],
+    )
     assert same["psi"] == pytest.approx(0.0, abs=1e-9) and same["ks"] == pytest.approx(
         0.0, abs=1e-9
     )
     assert same["mean_shift"] == 0.0
     moved = scores(
-        FeatureSummary(bins=[0, 0, 1, 9], count=10, mean=2.0), _baseline()["features"]["calm"]
-    )  # type: ignore[index]
+        FeatureSummary(bins=[0, 0, 1, 9], count=10, mean=2.0),
+        cast(dict[str, dict[str, object]], _baseline()["features"])["calm"],
+    )
     assert moved["psi"] > 0.25 and 0 < moved["js"] <= 0.7 and moved["ks"] > 0.3
     assert moved["mean_shift"] == pytest.approx(2.0)
 

@@ -151,7 +151,9 @@ def test_drift_is_stored_once_per_device_and_seq(registry: Registry) -> None:
     assert [r.device for r in registry.drift(devices=["d2"])] == ["d2"]
     assert registry.drift(site="plant-z") == []
     assert registry.drift_count() == 3
-    assert registry.drift()[0].features["temperature"]["bins"] == [1, 2, 3]
+    features = registry.drift()[0].features
+    assert isinstance(features, dict)
+    assert features["temperature"]["bins"] == [1, 2, 3]
 
 
 def test_a_failed_transaction_leaves_nothing(registry: Registry) -> None:

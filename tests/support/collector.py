@@ -48,7 +48,7 @@ class Collector:
 
     def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
         with self._changed:
-            self.messages.append(Received(msg.topic, msg.payload, bool(msg.retain), msg.qos))
+            self.messages.append(Received(msg.topic, bytes(msg.payload), bool(msg.retain), msg.qos))
             self._changed.notify_all()
 
     def wait_for(

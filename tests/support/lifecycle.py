@@ -76,7 +76,8 @@ def fragile_onnx(weights: npt.ArrayLike, bias: float, limit: float) -> bytes:
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    return model.SerializeToString()
+    serialized: bytes = model.SerializeToString()
+    return serialized
 
 
 def complete_bundle(

@@ -15,10 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from asyncua import Server, ua
+from asyncua import ua
 from asyncua.crypto import uacrypto
 from asyncua.crypto.cert_gen import setup_self_signed_certificate
-from asyncua.server.user_managers import User, UserManager, UserRole
+from asyncua.crypto.permission_rules import User, UserRole
+from asyncua.server.server import Server
+from asyncua.server.user_managers import UserManager
+from asyncua.ua.status_codes import StatusCodes
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from tests.support.mosquitto import free_port, port_open
@@ -118,7 +121,8 @@ class OpcUaTestServer:
         users, user_certificates = self.users, self.user_certificates
         checked = users is not None or user_certificates is not None
         certificates = [
-            uacrypto.der_from_x509(await uacrypto.load_certificate(str(path)))
+            # asyncua leaves der_from_x509 unannotated
+            uacrypto.der_from_x509(await uacrypto.load_certificate(str(path)))  # type: ignore[no-untyped-call]
             for path in user_certificates or []
         ]
         server = Server(user_manager=_Users(users or {}, certificates) if checked else None)
@@ -145,11 +149,13 @@ class OpcUaTestServer:
             if tag.folder not in folders:
                 # Browse names in the server's own namespace, as a PLC's are.
                 folders[tag.folder] = await server.nodes.objects.add_object(
-                    ua.NodeId(tag.folder, self.namespace_index),
+                    # asyncua annotates NodeId with its int/str subclasses (String, Int16)
+                    ua.NodeId(tag.folder, self.namespace_index),  # type: ignore[arg-type]
                     ua.QualifiedName(tag.folder, self.namespace_index),
                 )
             node = await folders[tag.folder].add_variable(
-                ua.NodeId(f"{tag.folder}.{tag.name}", self.namespace_index),
+                # asyncua annotates NodeId with its int/str subclasses (String, Int16)
+                ua.NodeId(f"{tag.folder}.{tag.name}", self.namespace_index),  # type: ignore[arg-type]
                 ua.QualifiedName(tag.name, self.namespace_index),
                 ua.Variant(float(tag.initial), ua.VariantType.Double),
             )
@@ -188,10 +194,12 @@ class OpcUaTestServer:
                 else ua.Variant()
             )
             source_ts = dt.datetime.fromtimestamp(ts, dt.UTC) if ts is not None else None
+            # asyncua annotates StatusCode with UInt32 and DataValue with DateTime, its own
+            # int and datetime subclasses; plain int and datetime are what it takes at runtime
             data = ua.DataValue(
                 variant,
-                StatusCode=status or ua.StatusCode(ua.StatusCodes.Good),
-                SourceTimestamp=source_ts,
+                StatusCode=status or ua.StatusCode(StatusCodes.Good),  # type: ignore[arg-type]
+                SourceTimestamp=source_ts,  # type: ignore[arg-type]
             )
             await self._nodes[tag].write_value(data)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -13,6 +13,7 @@ from edge_agent.buffers import (
     BufferFull,
     BufferLimits,
     MemoryBuffer,
+    OutboxRecord,
     PendingRecord,
     SqliteBuffer,
 )
@@ -47,8 +48,8 @@ def put(buffer: Buffer, *payloads: bytes, topic: str = "t") -> list[int]:
     return seqs
 
 
-def payloads(records: list[object]) -> list[bytes]:
-    return [record.payload for record in records]  # type: ignore[attr-defined]
+def payloads(records: Sequence[OutboxRecord]) -> list[bytes]:
+    return [record.payload for record in records]
 
 
 def test_records_come_out_oldest_first_and_leave_only_when_accepted(

@@ -6,6 +6,7 @@ import json
 import time
 import uuid
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -62,7 +63,7 @@ def test_desired_state_transfers_activates_and_keeps(
     )
     row = np.array([71.0, 0.25, 4.0])
     assert device.result_for(device.send(row)).model_version == "2"
-    assert abs(device.result_for(device.sent - 1 + 1_700_000_000.0).outputs["score"]
+    assert abs(cast(float, device.result_for(device.sent - 1 + 1_700_000_000.0).outputs["score"])
                - expected_score(row, (2.0, 0.0, 1.0), -3.0)) < 1e-3  # fmt: skip
 
     # One folder per version, the pointer on the kept version.
@@ -133,7 +134,8 @@ def test_refusals_leave_the_old_model_serving(tmp_path: Path, device: Device, ke
         row = np.array([70.0, 0.3, 5.0])
         result = device.result_for(device.send(row))
         assert result.model_version == "1", name
-        assert abs(result.outputs["score"] - expected_score(row, (1.0, 10.0, 100.0), 0.5)) < 1e-3
+        score = cast(float, result.outputs["score"])
+        assert abs(score - expected_score(row, (1.0, 10.0, 100.0), 0.5)) < 1e-3
 
 
 def test_malformed_and_unknown_commands_are_refused(device: Device) -> None:
@@ -232,7 +234,7 @@ def test_swap_under_a_steady_stream_answers_every_window_once(
     for result in results:
         weights, bias = old if result.model_version == "1" else new
         want = expected_score(sent[result.window_end], weights, bias)
-        assert abs(result.outputs["score"] - want) < 1e-3
+        assert abs(cast(float, result.outputs["score"]) - want) < 1e-3
 
 
 def test_the_kept_version_serves_after_a_restart(

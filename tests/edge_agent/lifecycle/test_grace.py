@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -97,7 +97,7 @@ def test_a_healthy_model_is_kept_after_its_grace_period_and_can_be_rolled_back(
 @pytest.fixture
 def strict_shadow_device(
     tmp_path: Path, broker: Mosquitto, probe: Probe, topic_prefix: str, keys: Keys
-):  # type: ignore[no-untyped-def]
+) -> Iterator[Device]:
     yield from start_device(
         tmp_path,
         broker,

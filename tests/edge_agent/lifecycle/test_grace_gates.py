@@ -6,6 +6,7 @@ import numpy as np
 
 from converters.baseline import distribution
 from edge_agent.contracts.baseline import Baseline
+from edge_agent.contracts.payloads import OutputValue
 from edge_agent.lifecycle.grace import Grace, GraceGates
 from edge_agent.lifecycle.shadow import agreeing_rows
 
@@ -77,7 +78,15 @@ def test_outputs_are_judged_against_the_baseline_after_enough_windows() -> None:
 
 
 def test_shadow_agreement_counts_rows_that_agree_on_every_shared_output() -> None:
-    serving = [{"score": 1.0, "label": "a"}, {"score": 2.0, "label": "b"}, {"score": 3.0}]
-    candidate = [{"score": 1.0005, "label": "a"}, {"score": 2.0, "label": "c"}, {"other": 3.0}]
+    serving: list[dict[str, OutputValue]] = [
+        {"score": 1.0, "label": "a"},
+        {"score": 2.0, "label": "b"},
+        {"score": 3.0},
+    ]
+    candidate: list[dict[str, OutputValue]] = [
+        {"score": 1.0005, "label": "a"},
+        {"score": 2.0, "label": "c"},
+        {"other": 3.0},
+    ]
     assert agreeing_rows(serving, candidate, {"score": 1e-3}) == 1
     assert agreeing_rows(serving, candidate, {"score": 1e-4}) == 0
