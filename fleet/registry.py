@@ -548,6 +548,24 @@ class Registry(ABC):
         self.close()
 
 
+def _switch_to_wal(conn: sqlite3.Connection, *, timeout: float) -> None:
+    """``PRAGMA journal_mode=WAL``, tried again while another connection holds the file.
+
+    Switching a new file to WAL needs it alone, and SQLite may answer "database is locked" at
+    once there instead of waiting out the busy timeout: workers starting together on a new
+    registry would otherwise see some of them exit.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 class SqliteRegistry(Registry):
     """The default registry: one SQLite file (WAL, so readers never wait for the writer)."""
 
@@ -560,15 +578,18 @@ class SqliteRegistry(Registry):
             self._conn = sqlite3.connect(
                 path, isolation_level=None, timeout=30, check_same_thread=False
             )
-            self._conn.execute("PRAGMA journal_mode=WAL")
+            _switch_to_wal(self._conn, timeout=30)
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._db = sqlite_utils.Database(self._conn)
-            for table, (columns, keys) in _SCHEMA.items():
-                types = {name: float if kind == "float" else int if kind == "int" else str
-                         for name, kind in columns.items()}  # fmt: skip
-                self._db[table].create(types, pk=keys, if_not_exists=True)  # type: ignore[union-attr]
-            for table, columns_ in _INDEXES:
-                self._db[table].create_index(columns_, if_not_exists=True)  # type: ignore[union-attr]
+            # One write transaction, its lock taken first: a schema read before another worker
+            # changed it could not be written after (SQLite says "locked" at once, not waiting).
+            with self.transaction():
+                for table, (columns, keys) in _SCHEMA.items():
+                    types = {name: float if kind == "float" else int if kind == "int" else str
+                             for name, kind in columns.items()}  # fmt: skip
+                    self._db[table].create(types, pk=keys, if_not_exists=True)  # type: ignore[union-attr]
+                for table, columns_ in _INDEXES:
+                    self._db[table].create_index(columns_, if_not_exists=True)  # type: ignore[union-attr]
         except (OSError, sqlite3.Error) as err:
             raise RegistryError(f"cannot open the registry {path}: {err}") from err
         self.path = path

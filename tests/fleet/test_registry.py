@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -182,3 +183,32 @@ def test_open_registry_picks_the_backend_by_url(tmp_path: Path) -> None:
         assert [d.id for d in registry.devices()] == ["d1"]
     with pytest.raises(RegistryError, match="cannot connect"):
         open_registry("postgresql://nobody@127.0.0.1:1/none")
+
+
+def _open_and_record(path: Path, start: threading.Barrier, worker: int, errors: list[str]) -> None:
+    start.wait()
+    try:
+        with open_registry(str(path)) as registry:
+            _status(registry, f"d{worker}")
+    except RegistryError as err:
+        errors.append(str(err))
+
+
+def test_workers_opening_a_new_sqlite_registry_together_all_succeed(tmp_path: Path) -> None:
+    # Several `fleet serve` workers started at once on a registry file that does not exist yet:
+    # each switches it to WAL and creates the schema. None may be turned away as "locked".
+    for trial in range(10):
+        path = tmp_path / f"trial-{trial}" / "fleet.db"
+        start = threading.Barrier(8)
+        errors: list[str] = []
+        workers = [
+            threading.Thread(target=_open_and_record, args=(path, start, n, errors))
+            for n in range(8)
+        ]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        assert errors == [], f"trial {trial}: {errors}"
+        with open_registry(str(path)) as registry:
+            assert sorted(d.id for d in registry.devices()) == [f"d{n}" for n in range(8)]
