@@ -627,6 +627,8 @@ class SqliteRegistry(Registry):
 
 
 _PG_TYPES = {"text": "TEXT", "int": "BIGINT", "float": "DOUBLE PRECISION"}
+# The advisory lock that serializes creating the registry's schema and tables.
+_SCHEMA_LOCK = 0x666C656574  # "fleet"
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
 
 
@@ -651,10 +653,20 @@ class PostgresRegistry(Registry):
             raise RegistryError(f"cannot connect to the registry database: {err}") from err
         self.url = url
         if schema is not None:
-            self._execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
             self._execute(f"SET search_path TO {schema}")
         # Only missing tables are created: DDL on a live table takes locks that would make the
-        # workers' writes wait each time a CLI command opens the registry.
+        # workers' writes wait each time a CLI command opens the registry. (Before its schema
+        # exists, current_schema() is NULL, so every table counts as missing.)
+        if self._missing_tables():
+            with self.transaction():
+                # Workers starting together on a new database would collide in the catalog
+                # ("duplicate key ... pg_namespace"), IF NOT EXISTS or not: one at a time.
+                self._query("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+                if schema is not None:
+                    self._execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+                self._create_tables(self._missing_tables())
+
+    def _missing_tables(self) -> list[str]:
         present = {
             row["name"]
             for row in self._query(
@@ -662,9 +674,11 @@ class PostgresRegistry(Registry):
                 "WHERE table_schema = current_schema()"
             )
         }
-        for table, (columns, keys) in _SCHEMA.items():
-            if table in present:
-                continue
+        return [table for table in _SCHEMA if table not in present]
+
+    def _create_tables(self, tables: list[str]) -> None:
+        for table in tables:
+            columns, keys = _SCHEMA[table]
             spec = ", ".join(f"{name} {_PG_TYPES[kind]}" for name, kind in columns.items())
             self._execute(
                 f"CREATE TABLE IF NOT EXISTS {table} ({spec}, PRIMARY KEY ({', '.join(keys)}))"

@@ -14,7 +14,7 @@ from fleet.registry import PostgresRegistry, Registry, RegistryError, SqliteRegi
 POSTGRES_URL = os.environ.get("EDGE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
-def _drop_schema(schema: str) -> None:
+def drop_schema(schema: str) -> None:
     import psycopg
 
     with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
@@ -32,7 +32,7 @@ def postgres_schema() -> Iterator[str]:
             pytest.fail(f"PostgreSQL at {POSTGRES_URL} is needed: {err}", pytrace=False)
         pytest.skip(f"no PostgreSQL at {POSTGRES_URL}: {err}")
     yield schema
-    _drop_schema(schema)
+    drop_schema(schema)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

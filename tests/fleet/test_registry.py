@@ -16,6 +16,7 @@ from fleet.registry import (
     RolloutRecord,
     open_registry,
 )
+from tests.fleet.conftest import POSTGRES_URL, drop_schema
 
 
 def _status(registry: Registry, device: str, site: str = "plant-a", **labels: str) -> None:
@@ -185,30 +186,48 @@ def test_open_registry_picks_the_backend_by_url(tmp_path: Path) -> None:
         open_registry("postgresql://nobody@127.0.0.1:1/none")
 
 
-def _open_and_record(path: Path, start: threading.Barrier, worker: int, errors: list[str]) -> None:
-    start.wait()
-    try:
-        with open_registry(str(path)) as registry:
-            _status(registry, f"d{worker}")
-    except RegistryError as err:
-        errors.append(str(err))
+def _open_together(location: str, schema: str | None, errors: list[str]) -> list[str]:
+    """Eight workers open the registry at once and each records a device; the devices stored."""
+    start = threading.Barrier(8)
+
+    def open_and_record(worker: int) -> None:
+        start.wait()
+        try:
+            with open_registry(location, schema=schema) as registry:
+                _status(registry, f"d{worker}")
+        except RegistryError as err:
+            errors.append(str(err))
+
+    workers = [threading.Thread(target=open_and_record, args=(n,)) for n in range(8)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    with open_registry(location, schema=schema) as registry:
+        return sorted(d.id for d in registry.devices())
+
+
+# Several `fleet serve` workers started at once on a registry that does not exist yet: each
+# creates the schema. None may be turned away ("database is locked", or a duplicate key in
+# PostgreSQL's catalog).
+EVERY_WORKER = [f"d{n}" for n in range(8)]
 
 
 def test_workers_opening_a_new_sqlite_registry_together_all_succeed(tmp_path: Path) -> None:
-    # Several `fleet serve` workers started at once on a registry file that does not exist yet:
-    # each switches it to WAL and creates the schema. None may be turned away as "locked".
     for trial in range(10):
-        path = tmp_path / f"trial-{trial}" / "fleet.db"
-        start = threading.Barrier(8)
         errors: list[str] = []
-        workers = [
-            threading.Thread(target=_open_and_record, args=(path, start, n, errors))
-            for n in range(8)
-        ]
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join()
-        assert errors == [], f"trial {trial}: {errors}"
-        with open_registry(str(path)) as registry:
-            assert sorted(d.id for d in registry.devices()) == [f"d{n}" for n in range(8)]
+        location = str(tmp_path / f"trial-{trial}" / "fleet.db")
+        assert _open_together(location, None, errors) == EVERY_WORKER and errors == [], errors
+
+
+def test_workers_opening_a_new_postgres_registry_together_all_succeed(
+    postgres_schema: str,
+) -> None:
+    for trial in range(5):
+        errors: list[str] = []
+        schema = f"{postgres_schema}_new{trial}"  # one that does not exist yet
+        try:
+            stored = _open_together(POSTGRES_URL, schema, errors)
+        finally:
+            drop_schema(schema)
+        assert stored == EVERY_WORKER and errors == [], errors
