@@ -394,18 +394,16 @@ def _password(args: argparse.Namespace) -> str | None:
         raise ValueError(
             "give --password-env or --password-credential ($FLEET_PASSWORD_CREDENTIAL), not both"
         )
-    if args.password_env:
-        password = os.environ.get(args.password_env)
-        if password is None:
-            raise ValueError(f"--password-env: ${args.password_env} is not set")
-        return password
-    if not args.password_credential:
-        return None
+    flag = "--password-env" if args.password_env else "--password-credential"
     try:
-        password = read_secret(env=None, credential=args.password_credential, what="password")
+        password = read_secret(
+            env=args.password_env or None,
+            credential=args.password_credential or None,
+            what="password",
+        )
     except ConfigError as err:
-        raise ValueError(f"--password-credential: {err.reason}") from err
-    if not password:
+        raise ValueError(f"{flag}: {err.reason}") from err
+    if args.password_credential and not password:
         raise ValueError(f"--password-credential: credential {args.password_credential!r} is empty")
     return password
 

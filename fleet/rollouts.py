@@ -64,6 +64,8 @@ FINAL_DEVICE_STATES = frozenset(
 CANARY_STAGE = "canary"
 MOVED_STATES = frozenset({"active", "done"})
 IN_FLIGHT_STATES = frozenset({"sent", "transferring", "activating"})
+# Acks that ask for the bundle, or for more of it: the fleet answers with an offer or chunks.
+_TRANSFER_STEPS = frozenset({"need_bundle", "offer", "chunk"})
 _ACTIVATION_STEPS = frozenset({"verified", "features", "loaded", "warmed", "golden", "shadow"})
 
 
@@ -352,7 +354,7 @@ class RolloutDriver:
             )  # fmt: skip
         elif ack.step == "rolled_back":
             changes.update(state="self_rolled_back", reason=ack.reason or "rolled itself back")
-        elif ack.step in {"need_bundle", "offer", "chunk"}:
+        elif ack.step in _TRANSFER_STEPS:
             changes["state"] = "transferring"
             self._transfer(rollout, entry, ack, out, now=now, version=rollout.version)
         elif ack.step == "received" or ack.step in _ACTIVATION_STEPS:
@@ -393,7 +395,7 @@ class RolloutDriver:
             registry.update_rollout_device(
                 rollout.id, entry.device, state="reverted", step=ack.step, updated=now
             )
-        elif not ours and ack.step in {"need_bundle", "offer", "chunk"}:
+        elif not ours and ack.step in _TRANSFER_STEPS:
             # Its store no longer holds the version it goes back to (it keeps only a few):
             # send that bundle as for any rollout, or the revert would wait forever.
             device = registry.device(entry.device)
